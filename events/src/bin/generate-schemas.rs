@@ -1,0 +1,45 @@
+//! Writes the JSON Schemas of every event payload into `events/schemas/`.
+//!
+//! `generate-schemas [DIR]` writes (default: this crate's `schemas/` folder);
+//! `generate-schemas --check [DIR]` only reports stale files and exits 1 if there are any.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let mut check = false;
+    let mut dir = events::schema::default_dir();
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--check" => check = true,
+            "-h" | "--help" => {
+                eprintln!("usage: generate-schemas [--check] [DIR]");
+                return ExitCode::SUCCESS;
+            }
+            other => dir = PathBuf::from(other),
+        }
+    }
+    let result = if check {
+        events::schema::stale(&dir)
+    } else {
+        events::schema::write(&dir)
+    };
+    match result {
+        Ok(paths) if check && !paths.is_empty() => {
+            for path in paths {
+                eprintln!("stale: {}", dir.join(path).display());
+            }
+            ExitCode::FAILURE
+        }
+        Ok(paths) => {
+            for path in paths {
+                eprintln!("{} {}", if check { "stale" } else { "wrote" }, dir.join(path).display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("generate-schemas: {}: {e}", dir.display());
+            ExitCode::FAILURE
+        }
+    }
+}
