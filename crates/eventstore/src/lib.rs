@@ -1,0 +1,22 @@
+//! The write side of a bounded context, on its own PostgreSQL database.
+//!
+//! - [`Store`]: the event store (`events`, `outbox`, `inbox` tables; migrations embedded).
+//! - [`Repository`]: runs commands against a cqrs-es [`Aggregate`](cqrs_es::Aggregate), keeping
+//!   loaded aggregates in a cache so that a command costs the same whatever the history.
+//! - [`UnitOfWork`]: any number of command executions, on any aggregates, plus inbox rows,
+//!   committed together in one SQL statement (one round trip, one fsync).
+//!
+//! Optimistic concurrency comes from the unique `(aggregate_type, aggregate_id, sequence)`
+//! key: a unit of work built on a stale aggregate fails with [`StoreError::Conflict`], the
+//! stale aggregates are evicted, and the caller runs the work again.
+//!
+//! This crate does not talk to NATS (the relay in `bus` drains the outbox) and holds no domain
+//! logic (that is in the aggregates).
+
+mod repository;
+mod store;
+mod unit_of_work;
+
+pub use repository::{CommandError, Committed, Repository};
+pub use store::{OUTBOX_CHANNEL, Store, StoreError, StoredEvent};
+pub use unit_of_work::{Mark, UnitOfWork};

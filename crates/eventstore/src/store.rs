@@ -1,0 +1,233 @@
+//! The tables of one context's event store and the queries on them.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use events::{DecodeError, Envelope, Event, Metadata};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgConnection, PgPool, Row};
+use uuid::Uuid;
+
+/// The channel the store notifies (once per statement) when the outbox receives rows.
+pub const OUTBOX_CHANNEL: &str = "chorus_outbox";
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another writer appended to one of the aggregates first; evict, reload and retry.
+    #[error("concurrency conflict: another writer appended to the same aggregate first")]
+    Conflict,
+    /// A message was recorded in the inbox by a concurrent handler; retry to skip it.
+    #[error("concurrency conflict: the message was handled concurrently by another instance")]
+    InboxConflict,
+    #[error("stored event {position} cannot be read: {source}")]
+    Decode {
+        position: i64,
+        #[source]
+        source: DecodeError,
+    },
+    #[error("event store database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl StoreError {
+    /// True when running the same work again may succeed.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, StoreError::Conflict | StoreError::InboxConflict)
+    }
+
+    pub(crate) fn from_write(error: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &error {
+            if db.code().as_deref() == Some("23505") {
+                match db.constraint() {
+                    Some("events_aggregate_sequence") => return StoreError::Conflict,
+                    Some("inbox_pkey") => return StoreError::InboxConflict,
+                    _ => {}
+                }
+            }
+        }
+        StoreError::Database(error)
+    }
+}
+
+/// An event as stored, with its payload still JSON: what the relay publishes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    pub position: i64,
+    pub event_id: Uuid,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub schema_version: i32,
+    pub payload: serde_json::Value,
+    pub metadata: Metadata,
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl StoredEvent {
+    /// Decodes the payload (upcasting an older schema version).
+    pub fn decode<E: Event>(self) -> Result<Envelope<E>, StoreError> {
+        let version = u32::try_from(self.schema_version).unwrap_or(0);
+        let payload = E::from_payload(&self.event_type, version, self.payload).map_err(|source| {
+            StoreError::Decode {
+                position: self.position,
+                source,
+            }
+        })?;
+        Ok(Envelope {
+            event_id: self.event_id,
+            aggregate_type: self.aggregate_type,
+            aggregate_id: self.aggregate_id,
+            sequence: u64::try_from(self.sequence).unwrap_or(0),
+            position: self.position,
+            occurred_at: self.recorded_at,
+            metadata: self.metadata,
+            payload,
+        })
+    }
+
+    fn from_row(row: &sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+        let metadata: serde_json::Value = row.try_get("metadata")?;
+        Ok(Self {
+            position: row.try_get("position")?,
+            event_id: row.try_get("event_id")?,
+            aggregate_type: row.try_get("aggregate_type")?,
+            aggregate_id: row.try_get("aggregate_id")?,
+            sequence: row.try_get("sequence")?,
+            event_type: row.try_get("event_type")?,
+            schema_version: row.try_get("schema_version")?,
+            payload: row.try_get("payload")?,
+            // Metadata is written by this crate only; unknown or missing fields read as empty.
+            metadata: serde_json::from_value(metadata).unwrap_or_default(),
+            recorded_at: row.try_get("recorded_at")?,
+        })
+    }
+}
+
+/// `SELECT <every column of events e> FROM <rest>`, as a literal.
+macro_rules! select_events {
+    ($rest:literal) => {
+        concat!(
+            "SELECT e.position, e.event_id, e.aggregate_type, e.aggregate_id, e.sequence, \
+             e.event_type, e.schema_version, e.payload, e.metadata, e.recorded_at FROM ",
+            $rest
+        )
+    };
+}
+
+/// One context's event store. Cheap to clone (it is a connection pool).
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    /// Connects with at most `max_connections` connections; does not migrate.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let options: PgConnectOptions = url.parse()?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .connect_with(options)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    pub fn from_pool(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Creates or updates the tables (idempotent; safe with several instances starting at once).
+    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        sqlx::migrate!("./migrations").run(&self.pool).await
+    }
+
+    /// Events of one aggregate with a sequence above `after`, in order.
+    pub async fn aggregate_events(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        after: i64,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let sql = select_events!(
+            "events e WHERE e.aggregate_type = $1 AND e.aggregate_id = $2 AND e.sequence > $3 \
+             ORDER BY e.sequence"
+        );
+        let rows = sqlx::query(sql)
+            .bind(aggregate_type)
+            .bind(aggregate_id)
+            .bind(after)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(StoredEvent::from_row).collect::<Result<_, _>>()?)
+    }
+
+    /// Up to `limit` events with a position above `after`, in position order.
+    pub async fn events_after(&self, after: i64, limit: i64) -> Result<Vec<StoredEvent>, StoreError> {
+        let sql = select_events!("events e WHERE e.position > $1 ORDER BY e.position LIMIT $2");
+        let rows = sqlx::query(sql)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(StoredEvent::from_row).collect::<Result<_, _>>()?)
+    }
+
+    /// The oldest `limit` events still in the outbox, in position order. Run it on the
+    /// connection that holds the relay lock.
+    pub async fn outbox_batch(
+        conn: &mut PgConnection,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let sql = select_events!(
+            "outbox o JOIN events e ON e.position = o.position ORDER BY o.position LIMIT $1"
+        );
+        let rows = sqlx::query(sql).bind(limit).fetch_all(&mut *conn).await?;
+        Ok(rows.iter().map(StoredEvent::from_row).collect::<Result<_, _>>()?)
+    }
+
+    /// Removes published events from the outbox.
+    pub async fn outbox_remove(conn: &mut PgConnection, positions: &[i64]) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM outbox WHERE position = ANY($1)")
+            .bind(positions)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    /// How many events wait in the outbox.
+    pub async fn outbox_backlog(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Which of `event_ids` the consumer has already handled.
+    pub async fn handled(
+        &self,
+        consumer: &str,
+        event_ids: &[Uuid],
+    ) -> Result<HashSet<Uuid>, StoreError> {
+        let found: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT event_id FROM inbox WHERE consumer = $1 AND event_id = ANY($2)",
+        )
+        .bind(consumer)
+        .bind(event_ids)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(found.into_iter().collect())
+    }
+
+    /// The highest position in the store (0 when empty).
+    pub async fn head(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT COALESCE(max(position), 0)::bigint FROM events")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+}

@@ -1,0 +1,220 @@
+//! Work that commits together: appended events, their outbox rows and inbox rows.
+//!
+//! Nothing is written until [`UnitOfWork::commit`], which sends everything in one statement.
+//! Until then the aggregates a command changed are *staged* here, so a second command on the
+//! same aggregate sees the first one's events. [`UnitOfWork::mark`] and
+//! [`UnitOfWork::rollback_to`] undo one message's work inside a batch without touching the
+//! rest.
+
+use std::any::Any;
+use std::collections::HashMap;
+
+use uuid::Uuid;
+
+use crate::store::{Store, StoreError};
+
+/// An event row waiting to be written.
+#[derive(Debug)]
+pub(crate) struct NewEvent {
+    pub(crate) event_id: Uuid,
+    pub(crate) aggregate_type: &'static str,
+    pub(crate) aggregate_id: String,
+    pub(crate) sequence: i64,
+    pub(crate) event_type: &'static str,
+    pub(crate) schema_version: i32,
+    pub(crate) payload: String,
+    pub(crate) metadata: String,
+}
+
+/// An aggregate changed by this unit of work, not yet committed.
+pub(crate) trait Staged: Send {
+    fn as_any(&self) -> &dyn Any;
+    /// Called once the commit is decided: publish the new state, or forget the stale one.
+    fn settle(self: Box<Self>, committed: bool);
+}
+
+type Key = (&'static str, String);
+
+/// A point to roll back to (see [`UnitOfWork::mark`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Mark {
+    rows: usize,
+    inbox: usize,
+    undo: usize,
+}
+
+/// Command executions and inbox rows that commit in one statement, or not at all.
+pub struct UnitOfWork {
+    store: Store,
+    rows: Vec<NewEvent>,
+    inbox: Vec<(String, Uuid)>,
+    staged: HashMap<Key, Box<dyn Staged>>,
+    /// Previous staged value of each key, in the order they were replaced.
+    undo: Vec<(Key, Option<Box<dyn Staged>>)>,
+}
+
+impl std::fmt::Debug for UnitOfWork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnitOfWork")
+            .field("events", &self.rows.len())
+            .field("inbox", &self.inbox.len())
+            .field("aggregates", &self.staged.len())
+            .finish()
+    }
+}
+
+impl UnitOfWork {
+    pub fn new(store: &Store) -> Self {
+        Self {
+            store: store.clone(),
+            rows: Vec::new(),
+            inbox: Vec::new(),
+            staged: HashMap::new(),
+            undo: Vec::new(),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Number of events waiting to be committed.
+    pub fn pending_events(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Records that `consumer` handled the message `event_id`, in the same commit.
+    pub fn record_handled(&mut self, consumer: &str, event_id: Uuid) {
+        self.inbox.push((consumer.to_owned(), event_id));
+    }
+
+    /// Remembers the current point, to undo what follows with [`Self::rollback_to`].
+    pub fn mark(&self) -> Mark {
+        Mark {
+            rows: self.rows.len(),
+            inbox: self.inbox.len(),
+            undo: self.undo.len(),
+        }
+    }
+
+    /// Forgets every event, inbox row and aggregate change made since `mark`.
+    pub fn rollback_to(&mut self, mark: Mark) {
+        self.rows.truncate(mark.rows);
+        self.inbox.truncate(mark.inbox);
+        while self.undo.len() > mark.undo {
+            let Some((key, previous)) = self.undo.pop() else {
+                break;
+            };
+            match previous {
+                Some(previous) => {
+                    self.staged.insert(key, previous);
+                }
+                None => {
+                    self.staged.remove(&key);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn staged(&self, aggregate_type: &'static str, id: &str) -> Option<&dyn Any> {
+        self.staged
+            .get(&(aggregate_type, id.to_owned()))
+            .map(|s| s.as_any())
+    }
+
+    pub(crate) fn stage(
+        &mut self,
+        aggregate_type: &'static str,
+        id: &str,
+        rows: Vec<NewEvent>,
+        state: Box<dyn Staged>,
+    ) {
+        self.rows.extend(rows);
+        let key = (aggregate_type, id.to_owned());
+        let previous = self.staged.insert(key.clone(), state);
+        self.undo.push((key, previous));
+    }
+
+    /// Writes everything in one statement. Returns the highest position written (0 when the
+    /// unit appended no event). On a conflict the aggregates it touched are evicted from their
+    /// caches, so running the work again loads fresh state.
+    pub async fn commit(self) -> Result<i64, StoreError> {
+        let UnitOfWork {
+            store,
+            rows,
+            inbox,
+            staged,
+            undo: _,
+        } = self;
+        if rows.is_empty() && inbox.is_empty() {
+            return Ok(0);
+        }
+        let result = write(&store, rows, inbox).await;
+        let committed = result.is_ok();
+        for state in staged.into_values() {
+            state.settle(committed);
+        }
+        result
+    }
+}
+
+async fn write(
+    store: &Store,
+    rows: Vec<NewEvent>,
+    inbox: Vec<(String, Uuid)>,
+) -> Result<i64, StoreError> {
+    let n = rows.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut types = Vec::with_capacity(n);
+    let mut aggregate_ids = Vec::with_capacity(n);
+    let mut sequences = Vec::with_capacity(n);
+    let mut event_types = Vec::with_capacity(n);
+    let mut versions = Vec::with_capacity(n);
+    let mut payloads = Vec::with_capacity(n);
+    let mut metadata = Vec::with_capacity(n);
+    for row in rows {
+        ids.push(row.event_id);
+        types.push(row.aggregate_type);
+        aggregate_ids.push(row.aggregate_id);
+        sequences.push(row.sequence);
+        event_types.push(row.event_type);
+        versions.push(row.schema_version);
+        payloads.push(row.payload);
+        metadata.push(row.metadata);
+    }
+    let (consumers, handled): (Vec<String>, Vec<Uuid>) = inbox.into_iter().unzip();
+
+    // One statement: atomic without an explicit transaction, and one round trip. Rows are
+    // inserted in array order, so an aggregate's positions follow its sequence.
+    let position: i64 = sqlx::query_scalar(
+        "WITH appended AS ( \
+             INSERT INTO events (event_id, aggregate_type, aggregate_id, sequence, event_type, \
+                                 schema_version, payload, metadata) \
+             SELECT id, agg_type, agg_id, seq, ev_type, ver, payload::jsonb, meta::jsonb \
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[], \
+                         $6::int[], $7::text[], $8::text[]) \
+                  WITH ORDINALITY AS t(id, agg_type, agg_id, seq, ev_type, ver, payload, meta, n) \
+             ORDER BY n \
+             RETURNING position \
+         ), outboxed AS ( \
+             INSERT INTO outbox (position) SELECT position FROM appended \
+         ), handled AS ( \
+             INSERT INTO inbox (consumer, event_id) SELECT * FROM UNNEST($9::text[], $10::uuid[]) \
+         ) \
+         SELECT COALESCE(max(position), 0)::bigint FROM appended",
+    )
+    .bind(&ids)
+    .bind(&types)
+    .bind(&aggregate_ids)
+    .bind(&sequences)
+    .bind(&event_types)
+    .bind(&versions)
+    .bind(&payloads)
+    .bind(&metadata)
+    .bind(&consumers)
+    .bind(&handled)
+    .fetch_one(store.pool())
+    .await
+    .map_err(StoreError::from_write)?;
+    Ok(position)
+}

@@ -1,0 +1,4 @@
+//! Integration tests of the event store against a real PostgreSQL (one database per test).
+
+mod account;
+mod store;

@@ -1,0 +1,263 @@
+use std::sync::Arc;
+
+use eventstore::{CommandError, Repository, Store, StoreError, UnitOfWork};
+use events::Metadata;
+use harness::TestDatabase;
+use uuid::Uuid;
+
+use crate::account::{Account, AccountCommand, AccountError, AccountEvent, Deposited};
+
+async fn store(db: &TestDatabase) -> Store {
+    let store = Store::from_pool(db.pool(20).await.unwrap());
+    store.migrate().await.unwrap();
+    store
+}
+
+async fn count(store: &Store, table: &str) -> i64 {
+    let sql = match table {
+        "events" => "SELECT count(*) FROM events",
+        "outbox" => "SELECT count(*) FROM outbox",
+        "inbox" => "SELECT count(*) FROM inbox",
+        other => panic!("no table {other}"),
+    };
+    sqlx::query_scalar(sql).fetch_one(store.pool()).await.unwrap()
+}
+
+/// (sequence, position) of every event of one account, in sequence order.
+async fn history(store: &Store, id: &str) -> Vec<(i64, i64)> {
+    store
+        .aggregate_events("account", id, 0)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| (e.sequence, e.position))
+        .collect()
+}
+
+fn meta() -> Metadata {
+    Metadata {
+        correlation_id: Some("corr-1".into()),
+        ..Metadata::default()
+    }
+}
+
+#[tokio::test]
+async fn a_command_appends_gapless_sequences_and_fills_the_outbox() {
+    let db = TestDatabase::create().await.unwrap();
+    let store = store(&db).await;
+    let accounts = Repository::<Account>::new(store.clone(), ());
+
+    accounts.handle("a1", AccountCommand::Deposit(5), &meta()).await.unwrap();
+    let done = accounts
+        .handle("a1", AccountCommand::DepositEach(vec![1, 2]), &meta())
+        .await
+        .unwrap();
+
+    assert_eq!(done.version, 3);
+    assert_eq!(done.events.len(), 2);
+    let history = history(&store, "a1").await;
+    assert_eq!(history.iter().map(|h| h.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert!(history.windows(2).all(|w| w[0].1 < w[1].1), "positions follow sequences: {history:?}");
+    assert_eq!(done.position, history[2].1, "the reply carries the last position written");
+    assert_eq!(count(&store, "outbox").await, 3);
+
+    let stored = store.events_after(0, 10).await.unwrap();
+    assert_eq!(stored[0].metadata.correlation_id.as_deref(), Some("corr-1"));
+    assert_eq!(stored[0].event_type, "Deposited");
+    let envelope = stored[0].clone().decode::<AccountEvent>().unwrap();
+    assert_eq!(envelope.payload, AccountEvent::Deposited(Deposited { amount: 5 }));
+}
+
+#[tokio::test]
+async fn a_rejected_command_appends_and_publishes_nothing() {
+    let db = TestDatabase::create().await.unwrap();
+    let store = store(&db).await;
+    let accounts = Repository::<Account>::new(store.clone(), ());
+    accounts.handle("a1", AccountCommand::Deposit(5), &meta()).await.unwrap();
+
+    let err = accounts
+        .handle("a1", AccountCommand::Withdraw(6), &meta())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CommandError::Rejected(AccountError::InsufficientFunds { balance: 5, amount: 6 })),
+        "{err:?}"
+    );
+    let err = accounts
+        .handle("a1", AccountCommand::DepositEach(vec![3, 0]), &meta())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CommandError::Rejected(AccountError::ZeroAmount)), "{err:?}");
+    let err = accounts
+        .handle("a.1", AccountCommand::Deposit(1), &meta())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CommandError::InvalidId(_)), "{err:?}");
+
+    assert_eq!(count(&store, "events").await, 1);
+    assert_eq!(count(&store, "outbox").await, 1);
+    // The rejected commands left the cached state alone.
+    assert_eq!(accounts.load("a1").await.unwrap(), (Account { balance: 5 }, 1));
+}
+
+#[tokio::test]
+async fn of_two_commands_on_a_stale_aggregate_exactly_one_commits() {
+    let db = TestDatabase::create().await.unwrap();
+    let store = store(&db).await;
+    // Two instances of a service: each has its own cache.
+    let first = Repository::<Account>::new(store.clone(), ()).with_max_attempts(1);
+    let second = Repository::<Account>::new(store.clone(), ()).with_max_attempts(1);
+    first.handle("a1", AccountCommand::Deposit(10), &meta()).await.unwrap();
+    assert_eq!(second.load("a1").await.unwrap().1, 1);
+
+    let metadata = meta();
+    let (a, b) = tokio::join!(
+        first.handle("a1", AccountCommand::Withdraw(10), &metadata),
+        second.handle("a1", AccountCommand::Withdraw(10), &metadata),
+    );
+    let outcomes = [a.is_ok(), b.is_ok()];
+    assert_eq!(outcomes.iter().filter(|ok| **ok).count(), 1, "{a:?} {b:?}");
+    let failed = if a.is_ok() { b.unwrap_err() } else { a.unwrap_err() };
+    assert!(matches!(failed, CommandError::Conflict { attempts: 1 }), "{failed:?}");
+
+    // The loser's cache was evicted: its next command sees the winner's withdrawal.
+    let loser = if outcomes[0] { &second } else { &first };
+    let err = loser
+        .handle("a1", AccountCommand::Withdraw(1), &meta())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CommandError::Rejected(AccountError::InsufficientFunds { balance: 0, .. })),
+        "{err:?}"
+    );
+    assert_eq!(history(&store, "a1").await.len(), 2);
+}
+
+#[tokio::test]
+async fn many_concurrent_writers_on_one_aggregate_succeed_on_retry_without_gaps() {
+    let db = TestDatabase::create().await.unwrap();
+    let store = store(&db).await;
+    let instances = [
+        Arc::new(Repository::<Account>::new(store.clone(), ()).with_max_attempts(100)),
+        Arc::new(Repository::<Account>::new(store.clone(), ()).with_max_attempts(100)),
+    ];
+    let mut tasks = Vec::new();
+    for writer in 0..16 {
+        let repo = Arc::clone(&instances[writer % 2]);
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                repo.handle("hot", AccountCommand::Deposit(1), &meta()).await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let history = history(&store, "hot").await;
+    let sequences: Vec<i64> = history.iter().map(|h| h.0).collect();
+    assert_eq!(sequences, (1..=160).collect::<Vec<_>>(), "no sequence duplicated or skipped");
+    assert!(history.windows(2).all(|w| w[0].1 < w[1].1), "positions follow sequences");
+    let fresh = Repository::<Account>::new(store.clone(), ());
+    assert_eq!(fresh.load("hot").await.unwrap(), (Account { balance: 160 }, 160));
+}
+
+#[tokio::test]
+async fn a_unit_of_work_commits_several_aggregates_and_inbox_rows_at_once() {
+    let db = TestDatabase::create().await.unwrap();
+    let store = store(&db).await;
+    let accounts = Repository::<Account>::new(store.clone(), ());
+    let message = Uuid::now_v7();
+
+    let mut uow = UnitOfWork::new(&store);
+    accounts.execute(&mut uow, "a", AccountCommand::Deposit(10), &meta()).await.unwrap();
+    // A second command on the same aggregate sees the first one's event.
+    accounts.execute(&mut uow, "a", AccountCommand::Withdraw(10), &meta()).await.unwrap();
+    accounts.execute(&mut uow, "b", AccountCommand::Deposit(1), &meta()).await.unwrap();
+    uow.record_handled("test-consumer", message);
+    assert_eq!(count(&store, "events").await, 0, "nothing is written before commit");
+    let position = uow.commit().await.unwrap();
+
+    assert_eq!(count(&store, "events").await, 3);
+    assert_eq!(store.head().await.unwrap(), position);
+    assert_eq!(
+        store.handled("test-consumer", &[message, Uuid::now_v7()]).await.unwrap(),
+        [message].into_iter().collect()
+    );
+
+    // The same message recorded again (a concurrent handler) fails the whole unit.
+    let mut again = UnitOfWork::new(&store);
+    accounts.execute(&mut again, "c", AccountCommand::Deposit(1), &meta()).await.unwrap();
+    again.record_handled("test-consumer", message);
+    let err = again.commit().await.unwrap_err();
+    assert!(matches!(err, StoreError::InboxConflict), "{err:?}");
+    assert!(history(&store, "c").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_conflict_on_one_aggregate_commits_nothing_of_the_unit() {
+    let db = TestDatabase::create().await.unwrap();
+    let store = store(&db).await;
+    let fresh = Repository::<Account>::new(store.clone(), ());
+    let stale = Repository::<Account>::new(store.clone(), ());
+    fresh.handle("a", AccountCommand::Deposit(1), &meta()).await.unwrap();
+    stale.load("a").await.unwrap();
+    fresh.handle("a", AccountCommand::Deposit(1), &meta()).await.unwrap();
+
+    let mut uow = UnitOfWork::new(&store);
+    stale.execute(&mut uow, "b", AccountCommand::Deposit(1), &meta()).await.unwrap();
+    stale.execute(&mut uow, "a", AccountCommand::Deposit(1), &meta()).await.unwrap();
+    uow.record_handled("test-consumer", Uuid::now_v7());
+    let err = uow.commit().await.unwrap_err();
+    assert!(err.is_conflict(), "{err:?}");
+
+    assert!(history(&store, "b").await.is_empty());
+    assert_eq!(count(&store, "inbox").await, 0);
+    // Evicted on conflict: the retry sees the real version.
+    assert_eq!(stale.load("a").await.unwrap().1, 2);
+}
+
+#[tokio::test]
+async fn rolling_back_to_a_mark_forgets_only_what_followed_it() {
+    let db = TestDatabase::create().await.unwrap();
+    let store = store(&db).await;
+    let accounts = Repository::<Account>::new(store.clone(), ());
+
+    let mut uow = UnitOfWork::new(&store);
+    accounts.execute(&mut uow, "a", AccountCommand::Deposit(10), &meta()).await.unwrap();
+    uow.record_handled("c", Uuid::now_v7());
+    let mark = uow.mark();
+    accounts.execute(&mut uow, "a", AccountCommand::Deposit(5), &meta()).await.unwrap();
+    accounts.execute(&mut uow, "b", AccountCommand::Deposit(5), &meta()).await.unwrap();
+    uow.record_handled("c", Uuid::now_v7());
+    uow.rollback_to(mark);
+    // After the rollback, `a` is back at 10.
+    let err = accounts
+        .execute(&mut uow, "a", AccountCommand::Withdraw(11), &meta())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CommandError::Rejected(_)), "{err:?}");
+    uow.commit().await.unwrap();
+
+    assert_eq!(history(&store, "a").await.len(), 1);
+    assert!(history(&store, "b").await.is_empty());
+    assert_eq!(count(&store, "inbox").await, 1);
+    let fresh = Repository::<Account>::new(store.clone(), ());
+    assert_eq!(fresh.load("a").await.unwrap(), (Account { balance: 10 }, 1));
+    assert_eq!(accounts.load("a").await.unwrap(), (Account { balance: 10 }, 1));
+}
+
+#[tokio::test]
+async fn an_aggregate_is_rebuilt_from_its_history_by_a_new_instance() {
+    let db = TestDatabase::create().await.unwrap();
+    let store = store(&db).await;
+    let accounts = Repository::<Account>::new(store.clone(), ()).with_cache_capacity(0);
+    for _ in 0..20 {
+        accounts.handle("a", AccountCommand::Deposit(3), &meta()).await.unwrap();
+    }
+    accounts.handle("a", AccountCommand::Withdraw(10), &meta()).await.unwrap();
+    let restarted = Repository::<Account>::new(store.clone(), ());
+    assert_eq!(restarted.load("a").await.unwrap(), (Account { balance: 50 }, 21));
+    // Migrations are idempotent: a second instance starting up changes nothing.
+    store.migrate().await.unwrap();
+    assert_eq!(count(&store, "events").await, 21);
+}
