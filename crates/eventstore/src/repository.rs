@@ -101,7 +101,9 @@ where
     {
         for _ in 0..self.max_attempts {
             let mut uow = UnitOfWork::new(&self.store);
-            let events = self.execute(&mut uow, id, command.clone(), metadata).await?;
+            let events = self
+                .execute(&mut uow, id, command.clone(), metadata)
+                .await?;
             let version = self.staged_version(&uow, id);
             match uow.commit().await {
                 Ok(position) => {
@@ -248,7 +250,9 @@ impl<A: Clone> Cache<A> {
     fn lock(&self) -> std::sync::MutexGuard<'_, CacheInner<A>> {
         // A panic while holding the lock cannot leave an entry half-written (inserts and
         // removals are single calls), so a poisoned cache is still a valid cache.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn get(&self, id: &str) -> Option<(A, u64)> {

@@ -69,12 +69,13 @@ impl StoredEvent {
     /// Decodes the payload (upcasting an older schema version).
     pub fn decode<E: Event>(self) -> Result<Envelope<E>, StoreError> {
         let version = u32::try_from(self.schema_version).unwrap_or(0);
-        let payload = E::from_payload(&self.event_type, version, self.payload).map_err(|source| {
-            StoreError::Decode {
-                position: self.position,
-                source,
-            }
-        })?;
+        let payload =
+            E::from_payload(&self.event_type, version, self.payload).map_err(|source| {
+                StoreError::Decode {
+                    position: self.position,
+                    source,
+                }
+            })?;
         Ok(Envelope {
             event_id: self.event_id,
             aggregate_type: self.aggregate_type,
@@ -163,18 +164,28 @@ impl Store {
             .bind(after)
             .fetch_all(&self.pool)
             .await?;
-        Ok(rows.iter().map(StoredEvent::from_row).collect::<Result<_, _>>()?)
+        Ok(rows
+            .iter()
+            .map(StoredEvent::from_row)
+            .collect::<Result<_, _>>()?)
     }
 
     /// Up to `limit` events with a position above `after`, in position order.
-    pub async fn events_after(&self, after: i64, limit: i64) -> Result<Vec<StoredEvent>, StoreError> {
+    pub async fn events_after(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         let sql = select_events!("events e WHERE e.position > $1 ORDER BY e.position LIMIT $2");
         let rows = sqlx::query(sql)
             .bind(after)
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
-        Ok(rows.iter().map(StoredEvent::from_row).collect::<Result<_, _>>()?)
+        Ok(rows
+            .iter()
+            .map(StoredEvent::from_row)
+            .collect::<Result<_, _>>()?)
     }
 
     /// The oldest `limit` events still in the outbox, in position order. Run it on the
@@ -187,11 +198,17 @@ impl Store {
             "outbox o JOIN events e ON e.position = o.position ORDER BY o.position LIMIT $1"
         );
         let rows = sqlx::query(sql).bind(limit).fetch_all(&mut *conn).await?;
-        Ok(rows.iter().map(StoredEvent::from_row).collect::<Result<_, _>>()?)
+        Ok(rows
+            .iter()
+            .map(StoredEvent::from_row)
+            .collect::<Result<_, _>>()?)
     }
 
     /// Removes published events from the outbox.
-    pub async fn outbox_remove(conn: &mut PgConnection, positions: &[i64]) -> Result<(), StoreError> {
+    pub async fn outbox_remove(
+        conn: &mut PgConnection,
+        positions: &[i64],
+    ) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM outbox WHERE position = ANY($1)")
             .bind(positions)
             .execute(&mut *conn)

@@ -1,13 +1,15 @@
 //! Private servers and databases for tests and the local launcher: a throwaway
 //! `nats-server` with JetStream on a free port ([`NatsServer`]), a fresh
 //! PostgreSQL database per test ([`TestDatabase`]) and a polling helper
-//! ([`wait_until`]) so tests wait on conditions instead of sleeping.
+//! ([`wait_until`]) so tests wait on conditions instead of sleeping, and
+//! [`account`], a minimal aggregate the runtime's tests run commands against.
 //!
 //! Other crates use it only as a dev-dependency; the one exception is the
 //! `chorus dev` launcher, which starts its nats-server through
 //! [`NatsServer::start_in`]. No service may use it in a production path, and
-//! it holds no domain code.
+//! it holds no Chorus domain code.
 
+pub mod account;
 mod nats;
 mod postgres;
 

@@ -1,4 +1,3 @@
 //! Integration tests of the event store against a real PostgreSQL (one database per test).
 
-mod account;
 mod store;

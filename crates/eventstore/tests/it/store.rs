@@ -1,11 +1,11 @@
 use std::sync::Arc;
 
-use eventstore::{CommandError, Repository, Store, StoreError, UnitOfWork};
 use events::Metadata;
+use eventstore::{CommandError, Repository, Store, StoreError, UnitOfWork};
 use harness::TestDatabase;
 use uuid::Uuid;
 
-use crate::account::{Account, AccountCommand, AccountError, AccountEvent, Deposited};
+use harness::account::{Account, AccountCommand, AccountError, AccountEvent, Deposited};
 
 async fn store(db: &TestDatabase) -> Store {
     let store = Store::from_pool(db.pool(20).await.unwrap());
@@ -20,7 +20,10 @@ async fn count(store: &Store, table: &str) -> i64 {
         "inbox" => "SELECT count(*) FROM inbox",
         other => panic!("no table {other}"),
     };
-    sqlx::query_scalar(sql).fetch_one(store.pool()).await.unwrap()
+    sqlx::query_scalar(sql)
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
 }
 
 /// (sequence, position) of every event of one account, in sequence order.
@@ -47,7 +50,10 @@ async fn a_command_appends_gapless_sequences_and_fills_the_outbox() {
     let store = store(&db).await;
     let accounts = Repository::<Account>::new(store.clone(), ());
 
-    accounts.handle("a1", AccountCommand::Deposit(5), &meta()).await.unwrap();
+    accounts
+        .handle("a1", AccountCommand::Deposit(5), &meta())
+        .await
+        .unwrap();
     let done = accounts
         .handle("a1", AccountCommand::DepositEach(vec![1, 2]), &meta())
         .await
@@ -56,16 +62,28 @@ async fn a_command_appends_gapless_sequences_and_fills_the_outbox() {
     assert_eq!(done.version, 3);
     assert_eq!(done.events.len(), 2);
     let history = history(&store, "a1").await;
-    assert_eq!(history.iter().map(|h| h.0).collect::<Vec<_>>(), vec![1, 2, 3]);
-    assert!(history.windows(2).all(|w| w[0].1 < w[1].1), "positions follow sequences: {history:?}");
-    assert_eq!(done.position, history[2].1, "the reply carries the last position written");
+    assert_eq!(
+        history.iter().map(|h| h.0).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert!(
+        history.windows(2).all(|w| w[0].1 < w[1].1),
+        "positions follow sequences: {history:?}"
+    );
+    assert_eq!(
+        done.position, history[2].1,
+        "the reply carries the last position written"
+    );
     assert_eq!(count(&store, "outbox").await, 3);
 
     let stored = store.events_after(0, 10).await.unwrap();
     assert_eq!(stored[0].metadata.correlation_id.as_deref(), Some("corr-1"));
     assert_eq!(stored[0].event_type, "Deposited");
     let envelope = stored[0].clone().decode::<AccountEvent>().unwrap();
-    assert_eq!(envelope.payload, AccountEvent::Deposited(Deposited { amount: 5 }));
+    assert_eq!(
+        envelope.payload,
+        AccountEvent::Deposited(Deposited { amount: 5 })
+    );
 }
 
 #[tokio::test]
@@ -73,21 +91,33 @@ async fn a_rejected_command_appends_and_publishes_nothing() {
     let db = TestDatabase::create().await.unwrap();
     let store = store(&db).await;
     let accounts = Repository::<Account>::new(store.clone(), ());
-    accounts.handle("a1", AccountCommand::Deposit(5), &meta()).await.unwrap();
+    accounts
+        .handle("a1", AccountCommand::Deposit(5), &meta())
+        .await
+        .unwrap();
 
     let err = accounts
         .handle("a1", AccountCommand::Withdraw(6), &meta())
         .await
         .unwrap_err();
     assert!(
-        matches!(err, CommandError::Rejected(AccountError::InsufficientFunds { balance: 5, amount: 6 })),
+        matches!(
+            err,
+            CommandError::Rejected(AccountError::InsufficientFunds {
+                balance: 5,
+                amount: 6
+            })
+        ),
         "{err:?}"
     );
     let err = accounts
         .handle("a1", AccountCommand::DepositEach(vec![3, 0]), &meta())
         .await
         .unwrap_err();
-    assert!(matches!(err, CommandError::Rejected(AccountError::ZeroAmount)), "{err:?}");
+    assert!(
+        matches!(err, CommandError::Rejected(AccountError::ZeroAmount)),
+        "{err:?}"
+    );
     let err = accounts
         .handle("a.1", AccountCommand::Deposit(1), &meta())
         .await
@@ -97,7 +127,10 @@ async fn a_rejected_command_appends_and_publishes_nothing() {
     assert_eq!(count(&store, "events").await, 1);
     assert_eq!(count(&store, "outbox").await, 1);
     // The rejected commands left the cached state alone.
-    assert_eq!(accounts.load("a1").await.unwrap(), (Account { balance: 5 }, 1));
+    assert_eq!(
+        accounts.load("a1").await.unwrap(),
+        (Account { balance: 5 }, 1)
+    );
 }
 
 #[tokio::test]
@@ -107,7 +140,10 @@ async fn of_two_commands_on_a_stale_aggregate_exactly_one_commits() {
     // Two instances of a service: each has its own cache.
     let first = Repository::<Account>::new(store.clone(), ()).with_max_attempts(1);
     let second = Repository::<Account>::new(store.clone(), ()).with_max_attempts(1);
-    first.handle("a1", AccountCommand::Deposit(10), &meta()).await.unwrap();
+    first
+        .handle("a1", AccountCommand::Deposit(10), &meta())
+        .await
+        .unwrap();
     assert_eq!(second.load("a1").await.unwrap().1, 1);
 
     let metadata = meta();
@@ -117,8 +153,15 @@ async fn of_two_commands_on_a_stale_aggregate_exactly_one_commits() {
     );
     let outcomes = [a.is_ok(), b.is_ok()];
     assert_eq!(outcomes.iter().filter(|ok| **ok).count(), 1, "{a:?} {b:?}");
-    let failed = if a.is_ok() { b.unwrap_err() } else { a.unwrap_err() };
-    assert!(matches!(failed, CommandError::Conflict { attempts: 1 }), "{failed:?}");
+    let failed = if a.is_ok() {
+        b.unwrap_err()
+    } else {
+        a.unwrap_err()
+    };
+    assert!(
+        matches!(failed, CommandError::Conflict { attempts: 1 }),
+        "{failed:?}"
+    );
 
     // The loser's cache was evicted: its next command sees the winner's withdrawal.
     let loser = if outcomes[0] { &second } else { &first };
@@ -127,7 +170,10 @@ async fn of_two_commands_on_a_stale_aggregate_exactly_one_commits() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, CommandError::Rejected(AccountError::InsufficientFunds { balance: 0, .. })),
+        matches!(
+            err,
+            CommandError::Rejected(AccountError::InsufficientFunds { balance: 0, .. })
+        ),
         "{err:?}"
     );
     assert_eq!(history(&store, "a1").await.len(), 2);
@@ -146,7 +192,9 @@ async fn many_concurrent_writers_on_one_aggregate_succeed_on_retry_without_gaps(
         let repo = Arc::clone(&instances[writer % 2]);
         tasks.push(tokio::spawn(async move {
             for _ in 0..10 {
-                repo.handle("hot", AccountCommand::Deposit(1), &meta()).await.unwrap();
+                repo.handle("hot", AccountCommand::Deposit(1), &meta())
+                    .await
+                    .unwrap();
             }
         }));
     }
@@ -155,10 +203,20 @@ async fn many_concurrent_writers_on_one_aggregate_succeed_on_retry_without_gaps(
     }
     let history = history(&store, "hot").await;
     let sequences: Vec<i64> = history.iter().map(|h| h.0).collect();
-    assert_eq!(sequences, (1..=160).collect::<Vec<_>>(), "no sequence duplicated or skipped");
-    assert!(history.windows(2).all(|w| w[0].1 < w[1].1), "positions follow sequences");
+    assert_eq!(
+        sequences,
+        (1..=160).collect::<Vec<_>>(),
+        "no sequence duplicated or skipped"
+    );
+    assert!(
+        history.windows(2).all(|w| w[0].1 < w[1].1),
+        "positions follow sequences"
+    );
     let fresh = Repository::<Account>::new(store.clone(), ());
-    assert_eq!(fresh.load("hot").await.unwrap(), (Account { balance: 160 }, 160));
+    assert_eq!(
+        fresh.load("hot").await.unwrap(),
+        (Account { balance: 160 }, 160)
+    );
 }
 
 #[tokio::test]
@@ -169,24 +227,43 @@ async fn a_unit_of_work_commits_several_aggregates_and_inbox_rows_at_once() {
     let message = Uuid::now_v7();
 
     let mut uow = UnitOfWork::new(&store);
-    accounts.execute(&mut uow, "a", AccountCommand::Deposit(10), &meta()).await.unwrap();
+    accounts
+        .execute(&mut uow, "a", AccountCommand::Deposit(10), &meta())
+        .await
+        .unwrap();
     // A second command on the same aggregate sees the first one's event.
-    accounts.execute(&mut uow, "a", AccountCommand::Withdraw(10), &meta()).await.unwrap();
-    accounts.execute(&mut uow, "b", AccountCommand::Deposit(1), &meta()).await.unwrap();
+    accounts
+        .execute(&mut uow, "a", AccountCommand::Withdraw(10), &meta())
+        .await
+        .unwrap();
+    accounts
+        .execute(&mut uow, "b", AccountCommand::Deposit(1), &meta())
+        .await
+        .unwrap();
     uow.record_handled("test-consumer", message);
-    assert_eq!(count(&store, "events").await, 0, "nothing is written before commit");
+    assert_eq!(
+        count(&store, "events").await,
+        0,
+        "nothing is written before commit"
+    );
     let position = uow.commit().await.unwrap();
 
     assert_eq!(count(&store, "events").await, 3);
     assert_eq!(store.head().await.unwrap(), position);
     assert_eq!(
-        store.handled("test-consumer", &[message, Uuid::now_v7()]).await.unwrap(),
+        store
+            .handled("test-consumer", &[message, Uuid::now_v7()])
+            .await
+            .unwrap(),
         [message].into_iter().collect()
     );
 
     // The same message recorded again (a concurrent handler) fails the whole unit.
     let mut again = UnitOfWork::new(&store);
-    accounts.execute(&mut again, "c", AccountCommand::Deposit(1), &meta()).await.unwrap();
+    accounts
+        .execute(&mut again, "c", AccountCommand::Deposit(1), &meta())
+        .await
+        .unwrap();
     again.record_handled("test-consumer", message);
     let err = again.commit().await.unwrap_err();
     assert!(matches!(err, StoreError::InboxConflict), "{err:?}");
@@ -199,13 +276,25 @@ async fn a_conflict_on_one_aggregate_commits_nothing_of_the_unit() {
     let store = store(&db).await;
     let fresh = Repository::<Account>::new(store.clone(), ());
     let stale = Repository::<Account>::new(store.clone(), ());
-    fresh.handle("a", AccountCommand::Deposit(1), &meta()).await.unwrap();
+    fresh
+        .handle("a", AccountCommand::Deposit(1), &meta())
+        .await
+        .unwrap();
     stale.load("a").await.unwrap();
-    fresh.handle("a", AccountCommand::Deposit(1), &meta()).await.unwrap();
+    fresh
+        .handle("a", AccountCommand::Deposit(1), &meta())
+        .await
+        .unwrap();
 
     let mut uow = UnitOfWork::new(&store);
-    stale.execute(&mut uow, "b", AccountCommand::Deposit(1), &meta()).await.unwrap();
-    stale.execute(&mut uow, "a", AccountCommand::Deposit(1), &meta()).await.unwrap();
+    stale
+        .execute(&mut uow, "b", AccountCommand::Deposit(1), &meta())
+        .await
+        .unwrap();
+    stale
+        .execute(&mut uow, "a", AccountCommand::Deposit(1), &meta())
+        .await
+        .unwrap();
     uow.record_handled("test-consumer", Uuid::now_v7());
     let err = uow.commit().await.unwrap_err();
     assert!(err.is_conflict(), "{err:?}");
@@ -223,11 +312,20 @@ async fn rolling_back_to_a_mark_forgets_only_what_followed_it() {
     let accounts = Repository::<Account>::new(store.clone(), ());
 
     let mut uow = UnitOfWork::new(&store);
-    accounts.execute(&mut uow, "a", AccountCommand::Deposit(10), &meta()).await.unwrap();
+    accounts
+        .execute(&mut uow, "a", AccountCommand::Deposit(10), &meta())
+        .await
+        .unwrap();
     uow.record_handled("c", Uuid::now_v7());
     let mark = uow.mark();
-    accounts.execute(&mut uow, "a", AccountCommand::Deposit(5), &meta()).await.unwrap();
-    accounts.execute(&mut uow, "b", AccountCommand::Deposit(5), &meta()).await.unwrap();
+    accounts
+        .execute(&mut uow, "a", AccountCommand::Deposit(5), &meta())
+        .await
+        .unwrap();
+    accounts
+        .execute(&mut uow, "b", AccountCommand::Deposit(5), &meta())
+        .await
+        .unwrap();
     uow.record_handled("c", Uuid::now_v7());
     uow.rollback_to(mark);
     // After the rollback, `a` is back at 10.
@@ -243,7 +341,10 @@ async fn rolling_back_to_a_mark_forgets_only_what_followed_it() {
     assert_eq!(count(&store, "inbox").await, 1);
     let fresh = Repository::<Account>::new(store.clone(), ());
     assert_eq!(fresh.load("a").await.unwrap(), (Account { balance: 10 }, 1));
-    assert_eq!(accounts.load("a").await.unwrap(), (Account { balance: 10 }, 1));
+    assert_eq!(
+        accounts.load("a").await.unwrap(),
+        (Account { balance: 10 }, 1)
+    );
 }
 
 #[tokio::test]
@@ -252,11 +353,20 @@ async fn an_aggregate_is_rebuilt_from_its_history_by_a_new_instance() {
     let store = store(&db).await;
     let accounts = Repository::<Account>::new(store.clone(), ()).with_cache_capacity(0);
     for _ in 0..20 {
-        accounts.handle("a", AccountCommand::Deposit(3), &meta()).await.unwrap();
+        accounts
+            .handle("a", AccountCommand::Deposit(3), &meta())
+            .await
+            .unwrap();
     }
-    accounts.handle("a", AccountCommand::Withdraw(10), &meta()).await.unwrap();
+    accounts
+        .handle("a", AccountCommand::Withdraw(10), &meta())
+        .await
+        .unwrap();
     let restarted = Repository::<Account>::new(store.clone(), ());
-    assert_eq!(restarted.load("a").await.unwrap(), (Account { balance: 50 }, 21));
+    assert_eq!(
+        restarted.load("a").await.unwrap(),
+        (Account { balance: 50 }, 21)
+    );
     // Migrations are idempotent: a second instance starting up changes nothing.
     store.migrate().await.unwrap();
     assert_eq!(count(&store, "events").await, 21);

@@ -1,4 +1,4 @@
-//! A small aggregate for exercising the store: a balance that cannot go negative.
+//! A minimal aggregate for the runtime's tests: a balance that cannot go negative.
 
 use cqrs_es::Aggregate;
 use cqrs_es::event_sink::EventSink;

@@ -1,0 +1,369 @@
+//! The consumer runtime: a durable pull consumer feeding a [`Handler`] in batches.
+//!
+//! For each batch of messages that are ready, the runtime
+//! 1. looks up which event ids the consumer's inbox already holds (one query) and skips them;
+//! 2. hands every other message to the handler inside one [`UnitOfWork`], marking before each
+//!    message and rolling back to the mark when the handler fails, so one bad message costs
+//!    the others nothing;
+//! 3. commits the unit once (the events of every handled message and their inbox rows);
+//! 4. then acks the handled messages, naks the transient failures with a backoff delay, and
+//!    copies the permanent ones (and those out of attempts) to the dead-letter stream with
+//!    their error before terminating them.
+//!
+//! A concurrency conflict at commit reruns the batch on fresh state. A database failure naks
+//! the whole batch for later: the messages are not at fault, so they are not dead-lettered.
+//! The loop itself never stops on a message.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, AckKind, consumer::pull};
+use events::headers;
+use events::naming::{StreamName, dead_letter_subject, durable_name};
+use eventstore::{Store, UnitOfWork};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::message::Received;
+use crate::provision;
+
+/// Why a handler could not handle a message.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Might work later (a provider timed out, a dependency is down): retried with backoff
+    /// until the attempts run out, then dead-lettered.
+    #[error("{0:#}")]
+    Transient(anyhow::Error),
+    /// Will never work (undecodable payload, a command the domain refuses for good):
+    /// dead-lettered at once.
+    #[error("{0:#}")]
+    Permanent(anyhow::Error),
+}
+
+impl HandlerError {
+    pub fn transient(
+        error: impl std::fmt::Display + std::fmt::Debug + Send + Sync + 'static,
+    ) -> Self {
+        Self::Transient(anyhow::Error::msg(error))
+    }
+
+    pub fn permanent(
+        error: impl std::fmt::Display + std::fmt::Debug + Send + Sync + 'static,
+    ) -> Self {
+        Self::Permanent(anyhow::Error::msg(error))
+    }
+}
+
+/// Reacts to messages: turns a message into commands executed in the unit of work.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(
+        &self,
+        uow: &mut UnitOfWork,
+        message: &Received,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+/// Delay before redelivering a message that failed transiently: doubles per attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// The delay after the `delivered`-th delivery failed.
+    pub fn delay(&self, delivered: u32) -> Duration {
+        let exponent = delivered.saturating_sub(1).min(20);
+        self.initial.saturating_mul(1 << exponent).min(self.max)
+    }
+}
+
+/// A durable consumer: which stream, which subjects, how hard to try.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    /// Durable name, also the inbox's consumer name, e.g. `inventory-from-ordering`.
+    pub name: String,
+    pub stream: StreamName,
+    /// Subjects to receive; empty means the whole stream.
+    pub filter_subjects: Vec<String>,
+    /// Deliveries before a transiently failing message is dead-lettered.
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+    /// How long JetStream waits for an ack before redelivering.
+    pub ack_wait: Duration,
+    /// Messages delivered and not yet acked, at most.
+    pub max_ack_pending: i64,
+    /// Messages handled per unit of work (per commit), at most.
+    pub batch_size: usize,
+}
+
+impl ConsumerSpec {
+    /// The consumer of `reactor` (a context or team name) on `stream`, with defaults:
+    /// 5 attempts, backoff from 1 s to 1 min, 30 s ack wait, batches of up to 256.
+    pub fn new(reactor: &str, stream: StreamName) -> Self {
+        Self {
+            name: durable_name(reactor, &stream),
+            stream,
+            filter_subjects: Vec::new(),
+            max_attempts: 5,
+            backoff: Backoff {
+                initial: Duration::from_secs(1),
+                max: Duration::from_secs(60),
+            },
+            ack_wait: Duration::from_secs(30),
+            max_ack_pending: 10_000,
+            batch_size: 256,
+        }
+    }
+
+    /// Adds a subject filter, e.g. from [`StreamName::event_type_filter`].
+    pub fn filter(mut self, subject: impl Into<String>) -> Self {
+        self.filter_subjects.push(subject.into());
+        self
+    }
+
+    /// The JetStream consumer configuration. Redelivery is unlimited on the server: the runtime
+    /// counts attempts and dead-letters, so that no message is dropped silently.
+    pub fn config(&self) -> pull::Config {
+        pull::Config {
+            durable_name: Some(self.name.clone()),
+            description: Some(format!("Chorus consumer {}", self.name)),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: self.ack_wait,
+            max_deliver: -1,
+            max_ack_pending: self.max_ack_pending,
+            filter_subjects: self.filter_subjects.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+/// What to do with one message once the batch is decided.
+enum Decision {
+    Ack,
+    Retry(Duration),
+    DeadLetter(String),
+}
+
+/// Runs a [`Handler`] on a durable consumer.
+#[derive(Debug)]
+pub struct Consumer<H> {
+    store: Store,
+    js: jetstream::Context,
+    spec: ConsumerSpec,
+    handler: H,
+}
+
+impl<H: Handler> Consumer<H> {
+    pub fn new(store: Store, js: jetstream::Context, spec: ConsumerSpec, handler: H) -> Self {
+        Self {
+            store,
+            js,
+            spec,
+            handler,
+        }
+    }
+
+    /// Provisions the consumer, then handles messages until `shutdown`. The batch in hand when
+    /// shutdown comes is finished, committed and acked before this returns.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let consumer = provision::consumer(&self.js, &self.spec).await?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(self.spec.batch_size)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .with_context(|| format!("cannot pull from consumer {}", self.spec.name))?;
+        let mut batches = messages.ready_chunks(self.spec.batch_size);
+        tracing::info!(consumer = %self.spec.name, "consumer started");
+        loop {
+            let batch = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                batch = batches.next() => match batch {
+                    Some(batch) => batch,
+                    None => break,
+                },
+            };
+            let mut messages = Vec::with_capacity(batch.len());
+            for message in batch {
+                match message {
+                    Ok(message) => messages.push(message),
+                    Err(e) => tracing::warn!(consumer = %self.spec.name, error = %e, "pull failed"),
+                }
+            }
+            self.handle_batch(messages).await;
+        }
+        self.js.client().flush().await.ok();
+        tracing::info!(consumer = %self.spec.name, "consumer stopped");
+        Ok(())
+    }
+
+    async fn handle_batch(&self, messages: Vec<jetstream::Message>) {
+        let mut received = Vec::with_capacity(messages.len());
+        for message in messages {
+            match Received::parse(&message) {
+                Ok(parsed) => received.push((message, parsed)),
+                Err(reason) => {
+                    let attempts = message.info().map_or(0, |i| i.delivered);
+                    self.dead_letter(&message, &reason, attempts).await;
+                }
+            }
+        }
+        if received.is_empty() {
+            return;
+        }
+
+        const MAX_CONFLICT_RETRIES: u32 = 5;
+        let mut round = 0;
+        let decisions = loop {
+            round += 1;
+            match self.decide(&received).await {
+                Ok(decisions) => break decisions,
+                Err(e) if e.is_conflict() && round < MAX_CONFLICT_RETRIES => {
+                    tracing::debug!(consumer = %self.spec.name, "conflict at commit; rerunning the batch");
+                }
+                Err(e) => {
+                    tracing::warn!(consumer = %self.spec.name, error = %e, "batch not committed; redelivering it later");
+                    let delay = self.spec.backoff.initial;
+                    for (message, _) in &received {
+                        ack(message, AckKind::Nak(Some(delay))).await;
+                    }
+                    return;
+                }
+            }
+        };
+
+        for ((message, parsed), decision) in received.iter().zip(decisions) {
+            match decision {
+                Decision::Ack => ack(message, AckKind::Ack).await,
+                Decision::Retry(delay) => ack(message, AckKind::Nak(Some(delay))).await,
+                Decision::DeadLetter(reason) => {
+                    self.dead_letter(message, &reason, i64::from(parsed.delivered))
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// Runs the handler on every new message of the batch and commits the unit of work.
+    async fn decide(
+        &self,
+        received: &[(jetstream::Message, Received)],
+    ) -> Result<Vec<Decision>, eventstore::StoreError> {
+        let ids: Vec<_> = received.iter().map(|(_, r)| r.event_id).collect();
+        let handled = self.store.handled(&self.spec.name, &ids).await?;
+        let mut seen = HashSet::with_capacity(received.len());
+        let mut uow = UnitOfWork::new(&self.store);
+        let mut decisions = Vec::with_capacity(received.len());
+        for (_, message) in received {
+            if handled.contains(&message.event_id) || !seen.insert(message.event_id) {
+                tracing::debug!(consumer = %self.spec.name, event_id = %message.event_id, "duplicate; skipped");
+                decisions.push(Decision::Ack);
+                continue;
+            }
+            let mark = uow.mark();
+            let decision = match self.handler.handle(&mut uow, message).await {
+                Ok(()) => {
+                    uow.record_handled(&self.spec.name, message.event_id);
+                    Decision::Ack
+                }
+                Err(error) => {
+                    uow.rollback_to(mark);
+                    self.on_failure(message, error)
+                }
+            };
+            decisions.push(decision);
+        }
+        uow.commit().await?;
+        Ok(decisions)
+    }
+
+    fn on_failure(&self, message: &Received, error: HandlerError) -> Decision {
+        let out_of_attempts = message.delivered >= self.spec.max_attempts;
+        match error {
+            HandlerError::Transient(e) if !out_of_attempts => {
+                let delay = self.spec.backoff.delay(message.delivered);
+                tracing::info!(consumer = %self.spec.name, event_id = %message.event_id,
+                    attempt = message.delivered, ?delay, error = format!("{e:#}"), "handler failed; will retry");
+                Decision::Retry(delay)
+            }
+            HandlerError::Transient(e) => Decision::DeadLetter(format!(
+                "gave up after {} attempts: {e:#}",
+                message.delivered
+            )),
+            HandlerError::Permanent(e) => Decision::DeadLetter(format!("{e:#}")),
+        }
+    }
+
+    /// Copies `message` to the dead-letter stream with the reason, then terminates it. If the
+    /// copy fails, the message is redelivered later instead: it is never dropped silently.
+    async fn dead_letter(&self, message: &jetstream::Message, reason: &str, attempts: i64) {
+        let info = message.info().ok();
+        let stream = info.as_ref().map_or("", |i| i.stream).to_owned();
+        let stream_sequence = info.as_ref().map_or(0, |i| i.stream_sequence);
+        let mut map = message.headers.clone().unwrap_or_default();
+        let reason: String = reason
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(2_000)
+            .collect();
+        map.insert(headers::DLQ_CONSUMER, self.spec.name.as_str());
+        map.insert(headers::DLQ_ERROR, reason.as_str());
+        map.insert(headers::DLQ_ATTEMPTS, attempts.to_string().as_str());
+        map.insert(headers::DLQ_STREAM, stream.as_str());
+        map.insert(
+            headers::DLQ_STREAM_SEQUENCE,
+            stream_sequence.to_string().as_str(),
+        );
+        map.insert(headers::DLQ_SUBJECT, message.subject.as_str());
+        let dedup = format!("{}:{stream}:{stream_sequence}", self.spec.name);
+        map.insert(headers::MSG_ID, dedup.as_str());
+
+        let subject = dead_letter_subject(&self.spec.name);
+        let copied = async {
+            self.js
+                .publish_with_headers(subject, map, message.payload.clone())
+                .await?
+                .await?;
+            anyhow::Ok(())
+        }
+        .await;
+        match copied {
+            Ok(()) => {
+                tracing::error!(consumer = %self.spec.name, stream, stream_sequence, attempts, reason, "message dead-lettered");
+                ack(message, AckKind::Term).await;
+            }
+            Err(e) => {
+                tracing::error!(consumer = %self.spec.name, stream, stream_sequence, error = %e, "cannot dead-letter; redelivering later");
+                ack(message, AckKind::Nak(Some(self.spec.backoff.max))).await;
+            }
+        }
+    }
+}
+
+async fn ack(message: &jetstream::Message, kind: AckKind) {
+    if let Err(e) = message.ack_with(kind).await {
+        // The message will be redelivered after the ack wait; the inbox makes that harmless.
+        tracing::warn!(error = %e, "ack failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_maximum() {
+        let backoff = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        };
+        let delays: Vec<_> = (1..=6).map(|n| backoff.delay(n).as_millis()).collect();
+        assert_eq!(delays, vec![100, 200, 400, 800, 1000, 1000]);
+    }
+}

@@ -1,0 +1,22 @@
+//! Chorus on NATS JetStream: what carries events from one context's store to another's.
+//!
+//! - [`connect`]: a client, refusing a nats-server older than 2.12.
+//! - [`provision`]: streams and durable consumers, created or updated from definitions in code.
+//! - [`Relay`]: drains a context's outbox into its stream, with `Nats-Msg-Id` = event id, one
+//!   active relay per store (a PostgreSQL advisory lock), per-aggregate order kept.
+//! - [`Consumer`]: a durable pull consumer that hands messages to a [`Handler`] in batches, one
+//!   unit of work (and one commit) per batch, with inbox de-duplication, retries with backoff and
+//!   a dead-letter stream.
+//!
+//! This crate holds no domain logic: handlers decide what a message means.
+
+mod connect;
+mod consumer;
+mod message;
+pub mod provision;
+mod relay;
+
+pub use connect::{MIN_SERVER_VERSION, check_server_version, connect};
+pub use consumer::{Backoff, Consumer, ConsumerSpec, Handler, HandlerError};
+pub use message::{Received, event_headers};
+pub use relay::{Published, Relay, RelayConfig};

@@ -1,0 +1,268 @@
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use bus::{Relay, RelayConfig};
+use events::{Metadata, headers};
+use eventstore::{Repository, UnitOfWork};
+use harness::account::{Account, AccountCommand};
+use harness::wait_until;
+use tokio_util::sync::CancellationToken;
+
+use crate::{PATIENCE, StreamMessage, World};
+
+fn meta() -> Metadata {
+    Metadata {
+        correlation_id: Some("corr-7".into()),
+        causation_id: Some("cause-7".into()),
+        traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+        tracestate: None,
+    }
+}
+
+fn fast() -> RelayConfig {
+    RelayConfig {
+        batch_size: 50,
+        poll_interval: std::time::Duration::from_millis(200),
+        retry_delay: std::time::Duration::from_millis(50),
+    }
+}
+
+/// Asserts that the stream holds every event of the store exactly once, each aggregate's
+/// events in sequence order.
+async fn assert_exactly_once_in_order(world: &World, messages: &[StreamMessage]) {
+    let stored = world.store.events_after(0, 1_000_000).await.unwrap();
+    let ids: Vec<&str> = messages
+        .iter()
+        .map(|m| m.header(headers::EVENT_ID))
+        .collect();
+    let unique: HashSet<&str> = ids.iter().copied().collect();
+    assert_eq!(unique.len(), ids.len(), "an event was published twice");
+    assert_eq!(
+        ids.len(),
+        stored.len(),
+        "stream and store disagree on the number of events"
+    );
+    for event in &stored {
+        assert!(
+            unique.contains(event.event_id.to_string().as_str()),
+            "event {} missing",
+            event.position
+        );
+    }
+    let mut last: HashMap<String, i64> = HashMap::new();
+    for message in messages {
+        let (aggregate, sequence) = message.aggregate_sequence();
+        let previous = last.insert(aggregate.clone(), sequence).unwrap_or(0);
+        assert_eq!(
+            sequence,
+            previous + 1,
+            "aggregate {aggregate} out of order in the stream"
+        );
+    }
+}
+
+#[tokio::test]
+async fn committed_events_reach_the_stream_once_with_their_envelope() {
+    let world = World::new().await;
+    let accounts = Repository::<Account>::new(world.store.clone(), ());
+    for i in 0..30 {
+        let id = format!("acc-{}", i % 4);
+        accounts
+            .handle(&id, AccountCommand::Deposit(i + 1), &meta())
+            .await
+            .unwrap();
+    }
+    let mut uow = UnitOfWork::new(&world.store);
+    accounts
+        .execute(
+            &mut uow,
+            "acc-9",
+            AccountCommand::DepositEach(vec![1, 2, 3]),
+            &meta(),
+        )
+        .await
+        .unwrap();
+    uow.commit().await.unwrap();
+
+    let shutdown = CancellationToken::new();
+    let relay =
+        Relay::new(world.store.clone(), world.js.clone(), world.ledger.clone()).with_config(fast());
+    let task = tokio::spawn(relay.run(shutdown.clone()));
+    wait_until("33 events in the stream", PATIENCE, || async {
+        world.message_count("LEDGER").await == 33
+    })
+    .await
+    .unwrap();
+    wait_until("an empty outbox", PATIENCE, || async {
+        world.store.outbox_backlog().await.unwrap() == 0
+    })
+    .await
+    .unwrap();
+
+    let messages = world.messages("LEDGER").await;
+    assert_exactly_once_in_order(&world, &messages).await;
+    let first = &messages[0];
+    let stored = &world.store.events_after(0, 1).await.unwrap()[0];
+    assert_eq!(
+        first.subject,
+        format!("ledger.account.{}.Deposited", stored.aggregate_id)
+    );
+    assert_eq!(first.header("Nats-Msg-Id"), stored.event_id.to_string());
+    assert_eq!(first.header(headers::EVENT_TYPE), "Deposited");
+    assert_eq!(first.header(headers::SCHEMA_VERSION), "1");
+    assert_eq!(first.header(headers::AGGREGATE_TYPE), "account");
+    assert_eq!(first.header(headers::SEQUENCE), "1");
+    assert_eq!(first.header(headers::POSITION), stored.position.to_string());
+    assert_eq!(first.header(headers::CORRELATION_ID), "corr-7");
+    assert_eq!(first.header(headers::CAUSATION_ID), "cause-7");
+    assert_eq!(
+        first.header(headers::TRACEPARENT),
+        meta().traceparent.unwrap()
+    );
+    let payload: serde_json::Value = serde_json::from_slice(&first.payload).unwrap();
+    assert_eq!(payload, stored.payload);
+
+    shutdown.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_rejected_command_publishes_nothing() {
+    let world = World::new().await;
+    let accounts = Repository::<Account>::new(world.store.clone(), ());
+    accounts
+        .handle("a", AccountCommand::Withdraw(1), &meta())
+        .await
+        .unwrap_err();
+    accounts
+        .handle("a", AccountCommand::Deposit(0), &meta())
+        .await
+        .unwrap_err();
+    accounts
+        .handle("b", AccountCommand::Deposit(1), &meta())
+        .await
+        .unwrap();
+
+    let shutdown = CancellationToken::new();
+    let relay =
+        Relay::new(world.store.clone(), world.js.clone(), world.ledger.clone()).with_config(fast());
+    let task = tokio::spawn(relay.run(shutdown.clone()));
+    wait_until("an empty outbox", PATIENCE, || async {
+        world.store.outbox_backlog().await.unwrap() == 0
+    })
+    .await
+    .unwrap();
+    let messages = world.messages("LEDGER").await;
+    assert_eq!(
+        messages.len(),
+        1,
+        "only the accepted command's event is published"
+    );
+    assert_eq!(messages[0].header(headers::AGGREGATE_ID), "b");
+    shutdown.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_relay_that_dies_between_publishing_and_marking_sent_causes_no_duplicate() {
+    let world = World::new().await;
+    let accounts = Repository::<Account>::new(world.store.clone(), ());
+    for i in 0..20 {
+        accounts
+            .handle(&format!("a{}", i % 3), AccountCommand::Deposit(1), &meta())
+            .await
+            .unwrap();
+    }
+    let relay =
+        Relay::new(world.store.clone(), world.js.clone(), world.ledger.clone()).with_config(fast());
+
+    // What a relay killed after its publishes were acknowledged leaves behind: a full
+    // stream and a full outbox.
+    let mut conn = world.store.pool().acquire().await.unwrap();
+    let batch = eventstore::Store::outbox_batch(&mut conn, 100)
+        .await
+        .unwrap();
+    drop(conn);
+    let published = relay.publish(&batch).await;
+    assert!(published.failure.is_none());
+    assert_eq!(published.acked.len(), 20);
+    assert_eq!(world.store.outbox_backlog().await.unwrap(), 20);
+
+    // The next relay publishes the same rows again; JetStream drops the duplicates.
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(relay.run(shutdown.clone()));
+    wait_until("an empty outbox", PATIENCE, || async {
+        world.store.outbox_backlog().await.unwrap() == 0
+    })
+    .await
+    .unwrap();
+    let messages = world.messages("LEDGER").await;
+    assert_exactly_once_in_order(&world, &messages).await;
+    shutdown.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn two_relays_with_one_killed_midway_neither_lose_nor_reorder_events() {
+    let world = World::new().await;
+    let accounts =
+        Arc::new(Repository::<Account>::new(world.store.clone(), ()).with_max_attempts(100));
+    let make_relay = || {
+        Relay::new(world.store.clone(), world.js.clone(), world.ledger.clone()).with_config(fast())
+    };
+    let shutdown = CancellationToken::new();
+    let first = tokio::spawn(make_relay().run(shutdown.clone()));
+    let second = tokio::spawn(make_relay().run(shutdown.clone()));
+
+    // Writers keep appending to a handful of aggregates meanwhile.
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let accounts = Arc::clone(&accounts);
+            tokio::spawn(async move {
+                for i in 0..100u64 {
+                    let id = format!("hot-{}", (i + w) % 5);
+                    let amounts = vec![1; 1 + (i % 3) as usize];
+                    accounts
+                        .handle(
+                            &id,
+                            AccountCommand::DepositEach(amounts),
+                            &Metadata::default(),
+                        )
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+
+    // Kill relays (their connection, and with it the lock, goes) while events flow: first one,
+    // then the other, with a third started between, so the active one is killed at least once.
+    wait_until("some events published", PATIENCE, || async {
+        world.message_count("LEDGER").await >= 50
+    })
+    .await
+    .unwrap();
+    first.abort();
+    let third = tokio::spawn(make_relay().run(shutdown.clone()));
+    wait_until("more events published", PATIENCE, || async {
+        world.message_count("LEDGER").await >= 200
+    })
+    .await
+    .unwrap();
+    second.abort();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let total = world.store.head().await.unwrap();
+    assert!(total >= 400);
+    wait_until("an empty outbox", PATIENCE, || async {
+        world.store.outbox_backlog().await.unwrap() == 0
+    })
+    .await
+    .unwrap();
+
+    let messages = world.messages("LEDGER").await;
+    assert_exactly_once_in_order(&world, &messages).await;
+    shutdown.cancel();
+    third.await.unwrap();
+}
