@@ -52,7 +52,9 @@ impl fmt::Display for BoundedContext {
 
 /// A subject token is invalid: empty, or holding `.`, `*`, `>` or white space.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{what} {token:?} cannot be a subject token (empty, or contains '.', '*', '>' or white space)")]
+#[error(
+    "{what} {token:?} cannot be a subject token (empty, or contains '.', '*', '>' or white space)"
+)]
 pub struct InvalidToken {
     pub what: &'static str,
     pub token: String,
@@ -168,14 +170,19 @@ mod tests {
             stream.aggregate_filter("order", "abc"),
             "ordering.order.abc.*"
         );
-        assert_eq!(durable_name("inventory", &stream), "inventory-from-ordering");
+        assert_eq!(
+            durable_name("inventory", &stream),
+            "inventory-from-ordering"
+        );
     }
 
     #[test]
     fn tokens_that_would_change_a_subject_are_refused() {
         let stream = BoundedContext::Inventory.stream();
         for bad in ["", "a.b", "a*", ">", "a b", "a\tb"] {
-            let err = stream.event_subject("stock", bad, "StockReceived").unwrap_err();
+            let err = stream
+                .event_subject("stock", bad, "StockReceived")
+                .unwrap_err();
             assert_eq!(err.token, bad);
         }
     }

@@ -27,9 +27,15 @@ pub fn generate() -> BTreeMap<PathBuf, String> {
         }
     };
     add(BoundedContext::Ordering, ordering::OrderEvent::schemas());
-    add(BoundedContext::Inventory, inventory::ProductEvent::schemas());
+    add(
+        BoundedContext::Inventory,
+        inventory::ProductEvent::schemas(),
+    );
     add(BoundedContext::Inventory, inventory::StockEvent::schemas());
-    add(BoundedContext::Inventory, inventory::AllocationEvent::schemas());
+    add(
+        BoundedContext::Inventory,
+        inventory::AllocationEvent::schemas(),
+    );
     add(BoundedContext::Payments, payments::PaymentEvent::schemas());
     add(BoundedContext::Shipping, shipping::ShipmentEvent::schemas());
     files
@@ -161,11 +167,17 @@ mod tests {
         assert_eq!(back, event);
 
         let err = ordering::OrderEvent::from_payload("OrderPlaced", 2, payload).unwrap_err();
-        assert!(matches!(err, crate::DecodeError::UnsupportedVersion { .. }), "{err}");
+        assert!(
+            matches!(err, crate::DecodeError::UnsupportedVersion { .. }),
+            "{err}"
+        );
         let err = ordering::OrderEvent::from_payload("Nope", 1, serde_json::json!({})).unwrap_err();
-        assert!(matches!(err, crate::DecodeError::UnknownType { .. }), "{err}");
-        let err =
-            ordering::OrderEvent::from_payload("OrderShipped", 1, serde_json::json!({})).unwrap_err();
+        assert!(
+            matches!(err, crate::DecodeError::UnknownType { .. }),
+            "{err}"
+        );
+        let err = ordering::OrderEvent::from_payload("OrderShipped", 1, serde_json::json!({}))
+            .unwrap_err();
         assert!(matches!(err, crate::DecodeError::Invalid { .. }), "{err}");
     }
 }

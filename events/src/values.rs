@@ -291,6 +291,9 @@ mod tests {
             Some(Money::new(750, eur))
         );
         assert_eq!(Money::new(1, eur).checked_add(Money::new(1, usd)), None);
-        assert_eq!(Money::new(i64::MAX, eur).checked_add(Money::new(1, eur)), None);
+        assert_eq!(
+            Money::new(i64::MAX, eur).checked_add(Money::new(1, eur)),
+            None
+        );
     }
 }

@@ -33,7 +33,11 @@ fn main() -> ExitCode {
         }
         Ok(paths) => {
             for path in paths {
-                eprintln!("{} {}", if check { "stale" } else { "wrote" }, dir.join(path).display());
+                eprintln!(
+                    "{} {}",
+                    if check { "stale" } else { "wrote" },
+                    dir.join(path).display()
+                );
             }
             ExitCode::SUCCESS
         }
