@@ -134,7 +134,7 @@ impl Relay {
         }
     }
 
-    /// Publishes outbox batches until the outbox is empty or shutdown is asked for.
+    /// Publishes outbox batches until a read finds the outbox empty, or shutdown is asked for.
     async fn drain(
         &self,
         conn: &mut PgConnection,
@@ -153,8 +153,6 @@ impl Relay {
                     () = shutdown.cancelled() => return Ok(()),
                     () = tokio::time::sleep(self.config.retry_delay) => {}
                 }
-            } else if (batch.len() as i64) < self.config.batch_size {
-                return Ok(());
             }
         }
         Ok(())
@@ -201,7 +199,7 @@ impl Relay {
             &event.aggregate_id,
             &event.event_type,
         )?;
-        let payload = Bytes::from(serde_json::to_vec(&event.payload)?);
+        let payload = Bytes::from(event.payload.clone().into_bytes());
         let message = PublishMessage::build()
             .payload(payload)
             .headers(event_headers(event));
@@ -252,7 +250,7 @@ mod tests {
             sequence: 1,
             event_type: "E".into(),
             schema_version: 1,
-            payload: serde_json::json!({}),
+            payload: "{}".into(),
             metadata: Default::default(),
             recorded_at: chrono::Utc::now(),
         }

@@ -31,13 +31,21 @@ CREATE TABLE inbox (
     CONSTRAINT inbox_pkey PRIMARY KEY (consumer, event_id)
 );
 
--- Wakes the relay (LISTEN chorus_outbox) once per statement that fills the outbox.
+-- Wakes the relay (LISTEN chorus_outbox) when rows arrive in an outbox that held none older:
+-- that is when the relay may be idle. While it is busy the outbox is rarely empty and no
+-- notification is sent, so commits do not queue on the notification lock. A wake-up lost
+-- to a race is made up by the relay's polling.
 CREATE FUNCTION notify_outbox() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('chorus_outbox', '');
+    IF NOT EXISTS (
+        SELECT 1 FROM outbox o WHERE o.position < (SELECT min(n.position) FROM new_rows n)
+    ) THEN
+        PERFORM pg_notify('chorus_outbox', '');
+    END IF;
     RETURN NULL;
 END
 $$;
 
 CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
+    REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION notify_outbox();

@@ -4,7 +4,8 @@
 //! - [`Repository`]: runs commands against a cqrs-es [`Aggregate`](cqrs_es::Aggregate), keeping
 //!   loaded aggregates in a cache so that a command costs the same whatever the history.
 //! - [`UnitOfWork`]: any number of command executions, on any aggregates, plus inbox rows,
-//!   committed together in one SQL statement (one round trip, one fsync).
+//!   committed together in one SQL statement (one round trip, one fsync); units committed at
+//!   the same time by different tasks share statements too (group commit).
 //!
 //! Optimistic concurrency comes from the unique `(aggregate_type, aggregate_id, sequence)`
 //! key: a unit of work built on a stale aggregate fails with [`StoreError::Conflict`], the
@@ -13,6 +14,7 @@
 //! This crate does not talk to NATS (the relay in `bus` drains the outbox) and holds no domain
 //! logic (that is in the aggregates).
 
+mod commit;
 mod repository;
 mod store;
 mod unit_of_work;

@@ -1,12 +1,15 @@
 //! The tables of one context's event store and the queries on them.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use events::{DecodeError, Envelope, Event, Metadata};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
+
+use crate::commit::GroupCommit;
 
 /// The channel the store notifies (once per statement) when the outbox receives rows.
 pub const OUTBOX_CHANNEL: &str = "chorus_outbox";
@@ -28,6 +31,9 @@ pub enum StoreError {
     },
     #[error("event store database: {0}")]
     Database(#[from] sqlx::Error),
+    /// The runtime shut down before the commit was decided.
+    #[error("the commit was abandoned: the runtime is shutting down")]
+    Abandoned,
 }
 
 impl StoreError {
@@ -60,7 +66,8 @@ pub struct StoredEvent {
     pub sequence: i64,
     pub event_type: String,
     pub schema_version: i32,
-    pub payload: serde_json::Value,
+    /// The payload as JSON text.
+    pub payload: String,
     pub metadata: Metadata,
     pub recorded_at: DateTime<Utc>,
 }
@@ -69,13 +76,17 @@ impl StoredEvent {
     /// Decodes the payload (upcasting an older schema version).
     pub fn decode<E: Event>(self) -> Result<Envelope<E>, StoreError> {
         let version = u32::try_from(self.schema_version).unwrap_or(0);
-        let payload =
-            E::from_payload(&self.event_type, version, self.payload).map_err(|source| {
-                StoreError::Decode {
-                    position: self.position,
-                    source,
-                }
-            })?;
+        let decoded = serde_json::from_str(&self.payload)
+            .map_err(|source| DecodeError::Invalid {
+                event_type: self.event_type.clone(),
+                version,
+                source,
+            })
+            .and_then(|payload| E::from_payload(&self.event_type, version, payload));
+        let payload = decoded.map_err(|source| StoreError::Decode {
+            position: self.position,
+            source,
+        })?;
         Ok(Envelope {
             event_id: self.event_id,
             aggregate_type: self.aggregate_type,
@@ -89,7 +100,7 @@ impl StoredEvent {
     }
 
     fn from_row(row: &sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
-        let metadata: serde_json::Value = row.try_get("metadata")?;
+        let metadata: String = row.try_get("metadata")?;
         Ok(Self {
             position: row.try_get("position")?,
             event_id: row.try_get("event_id")?,
@@ -100,7 +111,7 @@ impl StoredEvent {
             schema_version: row.try_get("schema_version")?,
             payload: row.try_get("payload")?,
             // Metadata is written by this crate only; unknown or missing fields read as empty.
-            metadata: serde_json::from_value(metadata).unwrap_or_default(),
+            metadata: serde_json::from_str(&metadata).unwrap_or_default(),
             recorded_at: row.try_get("recorded_at")?,
         })
     }
@@ -111,7 +122,8 @@ macro_rules! select_events {
     ($rest:literal) => {
         concat!(
             "SELECT e.position, e.event_id, e.aggregate_type, e.aggregate_id, e.sequence, \
-             e.event_type, e.schema_version, e.payload, e.metadata, e.recorded_at FROM ",
+             e.event_type, e.schema_version, e.payload::text AS payload, \
+             e.metadata::text AS metadata, e.recorded_at FROM ",
             $rest
         )
     };
@@ -121,6 +133,7 @@ macro_rules! select_events {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: PgPool,
+    group: Arc<GroupCommit>,
 }
 
 impl Store {
@@ -131,11 +144,18 @@ impl Store {
             .max_connections(max_connections)
             .connect_with(options)
             .await?;
-        Ok(Self { pool })
+        Ok(Self::from_pool(pool))
     }
 
     pub fn from_pool(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            group: Arc::default(),
+        }
+    }
+
+    pub(crate) fn group(&self) -> &GroupCommit {
+        &self.group
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 
 use uuid::Uuid;
 
+use crate::commit::Pending;
 use crate::store::{Store, StoreError};
 
 /// An event row waiting to be written.
@@ -149,72 +150,11 @@ impl UnitOfWork {
         if rows.is_empty() && inbox.is_empty() {
             return Ok(0);
         }
-        let result = write(&store, rows, inbox).await;
+        let result = store.commit(Pending { rows, inbox }).await;
         let committed = result.is_ok();
         for state in staged.into_values() {
             state.settle(committed);
         }
         result
     }
-}
-
-async fn write(
-    store: &Store,
-    rows: Vec<NewEvent>,
-    inbox: Vec<(String, Uuid)>,
-) -> Result<i64, StoreError> {
-    let n = rows.len();
-    let mut ids = Vec::with_capacity(n);
-    let mut types = Vec::with_capacity(n);
-    let mut aggregate_ids = Vec::with_capacity(n);
-    let mut sequences = Vec::with_capacity(n);
-    let mut event_types = Vec::with_capacity(n);
-    let mut versions = Vec::with_capacity(n);
-    let mut payloads = Vec::with_capacity(n);
-    let mut metadata = Vec::with_capacity(n);
-    for row in rows {
-        ids.push(row.event_id);
-        types.push(row.aggregate_type);
-        aggregate_ids.push(row.aggregate_id);
-        sequences.push(row.sequence);
-        event_types.push(row.event_type);
-        versions.push(row.schema_version);
-        payloads.push(row.payload);
-        metadata.push(row.metadata);
-    }
-    let (consumers, handled): (Vec<String>, Vec<Uuid>) = inbox.into_iter().unzip();
-
-    // One statement: atomic without an explicit transaction, and one round trip. Rows are
-    // inserted in array order, so an aggregate's positions follow its sequence.
-    let position: i64 = sqlx::query_scalar(
-        "WITH appended AS ( \
-             INSERT INTO events (event_id, aggregate_type, aggregate_id, sequence, event_type, \
-                                 schema_version, payload, metadata) \
-             SELECT id, agg_type, agg_id, seq, ev_type, ver, payload::jsonb, meta::jsonb \
-             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[], \
-                         $6::int[], $7::text[], $8::text[]) \
-                  WITH ORDINALITY AS t(id, agg_type, agg_id, seq, ev_type, ver, payload, meta, n) \
-             ORDER BY n \
-             RETURNING position \
-         ), outboxed AS ( \
-             INSERT INTO outbox (position) SELECT position FROM appended \
-         ), handled AS ( \
-             INSERT INTO inbox (consumer, event_id) SELECT * FROM UNNEST($9::text[], $10::uuid[]) \
-         ) \
-         SELECT COALESCE(max(position), 0)::bigint FROM appended",
-    )
-    .bind(&ids)
-    .bind(&types)
-    .bind(&aggregate_ids)
-    .bind(&sequences)
-    .bind(&event_types)
-    .bind(&versions)
-    .bind(&payloads)
-    .bind(&metadata)
-    .bind(&consumers)
-    .bind(&handled)
-    .fetch_one(store.pool())
-    .await
-    .map_err(StoreError::from_write)?;
-    Ok(position)
 }

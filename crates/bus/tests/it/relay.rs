@@ -120,7 +120,10 @@ async fn committed_events_reach_the_stream_once_with_their_envelope() {
         meta().traceparent.unwrap()
     );
     let payload: serde_json::Value = serde_json::from_slice(&first.payload).unwrap();
-    assert_eq!(payload, stored.payload);
+    assert_eq!(
+        payload,
+        serde_json::from_str::<serde_json::Value>(&stored.payload).unwrap()
+    );
 
     shutdown.cancel();
     task.await.unwrap();

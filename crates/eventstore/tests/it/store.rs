@@ -371,3 +371,59 @@ async fn an_aggregate_is_rebuilt_from_its_history_by_a_new_instance() {
     store.migrate().await.unwrap();
     assert_eq!(count(&store, "events").await, 21);
 }
+
+#[tokio::test]
+async fn units_committed_at_once_each_get_their_own_outcome() {
+    let db = TestDatabase::create().await.unwrap();
+    let store = store(&db).await;
+    let fresh = Arc::new(Repository::<Account>::new(store.clone(), ()));
+    let stale = Arc::new(Repository::<Account>::new(store.clone(), ()).with_max_attempts(1));
+    fresh
+        .handle("contested", AccountCommand::Deposit(1), &meta())
+        .await
+        .unwrap();
+    stale.load("contested").await.unwrap();
+    fresh
+        .handle("contested", AccountCommand::Deposit(1), &meta())
+        .await
+        .unwrap();
+
+    // 40 units at once, one of them built on a stale aggregate.
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let (repo, id) = if i == 20 {
+            (Arc::clone(&stale), "contested".to_owned())
+        } else {
+            (Arc::clone(&fresh), format!("acc-{i}"))
+        };
+        tasks.push(tokio::spawn(async move {
+            let outcome = repo
+                .handle(&id, AccountCommand::DepositEach(vec![1, 2]), &meta())
+                .await;
+            (id, outcome)
+        }));
+    }
+    for task in tasks {
+        let (id, outcome) = task.await.unwrap();
+        if id == "contested" {
+            assert!(
+                matches!(outcome, Err(CommandError::Conflict { .. })),
+                "{outcome:?}"
+            );
+            continue;
+        }
+        let committed = outcome.unwrap();
+        let history = history(&store, &id).await;
+        assert_eq!(
+            history.len(),
+            2,
+            "{id} committed its own events, and only those"
+        );
+        assert_eq!(
+            committed.position, history[1].1,
+            "{id} was told its own last position"
+        );
+    }
+    assert_eq!(history(&store, "contested").await.len(), 2);
+    assert_eq!(count(&store, "events").await, 2 + 39 * 2);
+}
