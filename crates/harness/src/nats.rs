@@ -286,6 +286,10 @@ impl NatsServer {
                     .context("cannot duplicate the log file handle")?,
             )
             .stderr(log);
+        // A process group of its own: a Ctrl-C meant for the launcher must not stop the server
+        // under it; the launcher stops it once everything that uses it has stopped.
+        #[cfg(unix)]
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let child = command
             .spawn()
             .with_context(|| format!("cannot start {}", self.bin.display()))?;
