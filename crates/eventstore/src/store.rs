@@ -214,8 +214,12 @@ impl Store {
         conn: &mut PgConnection,
         limit: i64,
     ) -> Result<Vec<StoredEvent>, StoreError> {
+        // A lookup per outbox row: a merge join would walk the events index from the first
+        // event ever published on every call.
         let sql = select_events!(
-            "outbox o JOIN events e ON e.position = o.position ORDER BY o.position LIMIT $1"
+            "(SELECT position FROM outbox ORDER BY position LIMIT $1) o \
+             CROSS JOIN LATERAL (SELECT * FROM events WHERE events.position = o.position) e \
+             ORDER BY o.position"
         );
         let rows = sqlx::query(sql).bind(limit).fetch_all(&mut *conn).await?;
         Ok(rows
