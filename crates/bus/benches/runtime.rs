@@ -1,5 +1,6 @@
 //! Throughput and latency of the event-sourcing runtime against a real PostgreSQL and a
-//! private nats-server: `cargo bench -p bus --bench runtime` (add `-- --quick` for a short run).
+//! private nats-server: `cargo bench -p bus --bench runtime`. Add `-- --quick` for a run a tenth
+//! the size, `-- --only relay` (or `commands`, `batched`, `latency`) for one benchmark.
 //!
 //! Measures, each on a fresh database:
 //! 1. command appends with 16 concurrent writers (one command, one commit each);
@@ -30,7 +31,14 @@ struct Scale {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
     let scale = if quick {
         Scale {
             commands: 16_000,
@@ -48,10 +56,18 @@ async fn main() -> anyhow::Result<()> {
     };
     println!("| benchmark | result |");
     println!("|---|---|");
-    commands(&scale).await?;
-    batched(&scale).await?;
-    relay(&scale).await?;
-    latency(&scale).await?;
+    if run("commands") {
+        commands(&scale).await?;
+    }
+    if run("batched") {
+        batched(&scale).await?;
+    }
+    if run("relay") {
+        relay(&scale).await?;
+    }
+    if run("latency") {
+        latency(&scale).await?;
+    }
     Ok(())
 }
 
