@@ -269,3 +269,61 @@ async fn two_relays_with_one_killed_midway_neither_lose_nor_reorder_events() {
     shutdown.cancel();
     third.await.unwrap();
 }
+
+#[tokio::test]
+async fn an_event_committed_late_with_a_lower_position_is_published_before_its_successor() {
+    let world = World::new().await;
+    let shutdown = CancellationToken::new();
+    let relay =
+        Relay::new(world.store.clone(), world.js.clone(), world.ledger.clone()).with_config(fast());
+    let task = tokio::spawn(relay.run(shutdown.clone()));
+
+    // A slow transaction takes a position, then the relay publishes many later events.
+    let mut slow = world.store.pool().begin().await.unwrap();
+    let position: i64 = sqlx::query_scalar(
+        "INSERT INTO events (event_id, aggregate_type, aggregate_id, sequence, event_type, \
+         schema_version, payload, metadata) \
+         VALUES ($1, 'account', 'slow', 1, 'Deposited', 1, '{\"amount\": 5}', '{}') RETURNING position",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .fetch_one(&mut *slow)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO outbox (position) VALUES ($1)")
+        .bind(position)
+        .execute(&mut *slow)
+        .await
+        .unwrap();
+    let accounts = Repository::<Account>::new(world.store.clone(), ());
+    for i in 0..300 {
+        accounts
+            .handle(
+                &format!("fast-{}", i % 7),
+                AccountCommand::Deposit(1),
+                &meta(),
+            )
+            .await
+            .unwrap();
+    }
+    wait_until("the later events published", PATIENCE, || async {
+        world.message_count("LEDGER").await == 300
+    })
+    .await
+    .unwrap();
+
+    // It commits now, below everything published; then its aggregate moves on.
+    slow.commit().await.unwrap();
+    accounts
+        .handle("slow", AccountCommand::Withdraw(5), &meta())
+        .await
+        .unwrap();
+    wait_until("an empty outbox", PATIENCE, || async {
+        world.store.outbox_backlog().await.unwrap() == 0
+    })
+    .await
+    .unwrap();
+    let messages = world.messages("LEDGER").await;
+    assert_exactly_once_in_order(&world, &messages).await;
+    shutdown.cancel();
+    task.await.unwrap();
+}
