@@ -17,25 +17,35 @@ pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
 /// The configuration of a context's event stream.
 pub fn event_stream(stream: &StreamName, replicas: usize) -> stream::Config {
-    stream::Config {
-        name: stream.name(),
-        description: Some(format!("Events of the {} context", stream.context())),
-        subjects: vec![stream.all_subjects()],
-        storage: stream::StorageType::File,
-        retention: stream::RetentionPolicy::Limits,
-        duplicate_window: DUPLICATE_WINDOW,
-        num_replicas: replicas,
-        allow_direct: true,
-        ..Default::default()
-    }
+    kept_stream(
+        stream.name(),
+        format!("Events of the {} context", stream.context()),
+        stream.all_subjects(),
+        replicas,
+    )
 }
 
 /// The configuration of the dead-letter stream.
 pub fn dead_letter_stream(replicas: usize) -> stream::Config {
+    kept_stream(
+        DEAD_LETTER_STREAM.to_owned(),
+        "Messages consumers gave up on, with the error and attempts".to_owned(),
+        DEAD_LETTER_SUBJECTS.to_owned(),
+        replicas,
+    )
+}
+
+/// A file-backed stream that keeps its messages until an operator removes them.
+fn kept_stream(
+    name: String,
+    description: String,
+    subjects: String,
+    replicas: usize,
+) -> stream::Config {
     stream::Config {
-        name: DEAD_LETTER_STREAM.to_owned(),
-        description: Some("Messages consumers gave up on, with the error and attempts".into()),
-        subjects: vec![DEAD_LETTER_SUBJECTS.to_owned()],
+        name,
+        description: Some(description),
+        subjects: vec![subjects],
         storage: stream::StorageType::File,
         retention: stream::RetentionPolicy::Limits,
         duplicate_window: DUPLICATE_WINDOW,

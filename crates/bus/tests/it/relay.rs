@@ -27,6 +27,18 @@ fn fast() -> RelayConfig {
     }
 }
 
+fn fast_relay(world: &World) -> Relay {
+    Relay::new(world.store.clone(), world.js.clone(), world.ledger.clone()).with_config(fast())
+}
+
+async fn outbox_drained(world: &World) {
+    wait_until("an empty outbox", PATIENCE, || async {
+        world.store.outbox_backlog().await.unwrap() == 0
+    })
+    .await
+    .unwrap();
+}
+
 /// Asserts that the stream holds every event of the store exactly once, each aggregate's
 /// events in sequence order.
 async fn assert_exactly_once_in_order(world: &World, messages: &[StreamMessage]) {
@@ -85,19 +97,14 @@ async fn committed_events_reach_the_stream_once_with_their_envelope() {
     uow.commit().await.unwrap();
 
     let shutdown = CancellationToken::new();
-    let relay =
-        Relay::new(world.store.clone(), world.js.clone(), world.ledger.clone()).with_config(fast());
+    let relay = fast_relay(&world);
     let task = tokio::spawn(relay.run(shutdown.clone()));
     wait_until("33 events in the stream", PATIENCE, || async {
         world.message_count("LEDGER").await == 33
     })
     .await
     .unwrap();
-    wait_until("an empty outbox", PATIENCE, || async {
-        world.store.outbox_backlog().await.unwrap() == 0
-    })
-    .await
-    .unwrap();
+    outbox_drained(&world).await;
 
     let messages = world.messages("LEDGER").await;
     assert_exactly_once_in_order(&world, &messages).await;
@@ -147,14 +154,9 @@ async fn a_rejected_command_publishes_nothing() {
         .unwrap();
 
     let shutdown = CancellationToken::new();
-    let relay =
-        Relay::new(world.store.clone(), world.js.clone(), world.ledger.clone()).with_config(fast());
+    let relay = fast_relay(&world);
     let task = tokio::spawn(relay.run(shutdown.clone()));
-    wait_until("an empty outbox", PATIENCE, || async {
-        world.store.outbox_backlog().await.unwrap() == 0
-    })
-    .await
-    .unwrap();
+    outbox_drained(&world).await;
     let messages = world.messages("LEDGER").await;
     assert_eq!(
         messages.len(),
@@ -176,8 +178,7 @@ async fn a_relay_that_dies_between_publishing_and_marking_sent_causes_no_duplica
             .await
             .unwrap();
     }
-    let relay =
-        Relay::new(world.store.clone(), world.js.clone(), world.ledger.clone()).with_config(fast());
+    let relay = fast_relay(&world);
 
     // What a relay killed after its publishes were acknowledged leaves behind: a full
     // stream and a full outbox.
@@ -194,11 +195,7 @@ async fn a_relay_that_dies_between_publishing_and_marking_sent_causes_no_duplica
     // The next relay publishes the same rows again; JetStream drops the duplicates.
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(relay.run(shutdown.clone()));
-    wait_until("an empty outbox", PATIENCE, || async {
-        world.store.outbox_backlog().await.unwrap() == 0
-    })
-    .await
-    .unwrap();
+    outbox_drained(&world).await;
     let messages = world.messages("LEDGER").await;
     assert_exactly_once_in_order(&world, &messages).await;
     shutdown.cancel();
@@ -210,12 +207,9 @@ async fn two_relays_with_one_killed_midway_neither_lose_nor_reorder_events() {
     let world = World::new().await;
     let accounts =
         Arc::new(Repository::<Account>::new(world.store.clone(), ()).with_max_attempts(100));
-    let make_relay = || {
-        Relay::new(world.store.clone(), world.js.clone(), world.ledger.clone()).with_config(fast())
-    };
     let shutdown = CancellationToken::new();
-    let first = tokio::spawn(make_relay().run(shutdown.clone()));
-    let second = tokio::spawn(make_relay().run(shutdown.clone()));
+    let first = tokio::spawn(fast_relay(&world).run(shutdown.clone()));
+    let second = tokio::spawn(fast_relay(&world).run(shutdown.clone()));
 
     // Writers keep appending to a handful of aggregates meanwhile.
     let writers: Vec<_> = (0..4)
@@ -246,7 +240,7 @@ async fn two_relays_with_one_killed_midway_neither_lose_nor_reorder_events() {
     .await
     .unwrap();
     first.abort();
-    let third = tokio::spawn(make_relay().run(shutdown.clone()));
+    let third = tokio::spawn(fast_relay(&world).run(shutdown.clone()));
     wait_until("more events published", PATIENCE, || async {
         world.message_count("LEDGER").await >= 200
     })
@@ -258,11 +252,7 @@ async fn two_relays_with_one_killed_midway_neither_lose_nor_reorder_events() {
     }
     let total = world.store.head().await.unwrap();
     assert!(total >= 400);
-    wait_until("an empty outbox", PATIENCE, || async {
-        world.store.outbox_backlog().await.unwrap() == 0
-    })
-    .await
-    .unwrap();
+    outbox_drained(&world).await;
 
     let messages = world.messages("LEDGER").await;
     assert_exactly_once_in_order(&world, &messages).await;
@@ -274,8 +264,7 @@ async fn two_relays_with_one_killed_midway_neither_lose_nor_reorder_events() {
 async fn an_event_committed_late_with_a_lower_position_is_published_before_its_successor() {
     let world = World::new().await;
     let shutdown = CancellationToken::new();
-    let relay =
-        Relay::new(world.store.clone(), world.js.clone(), world.ledger.clone()).with_config(fast());
+    let relay = fast_relay(&world);
     let task = tokio::spawn(relay.run(shutdown.clone()));
 
     // A slow transaction takes a position, then the relay publishes many later events.
@@ -317,11 +306,7 @@ async fn an_event_committed_late_with_a_lower_position_is_published_before_its_s
         .handle("slow", AccountCommand::Withdraw(5), &meta())
         .await
         .unwrap();
-    wait_until("an empty outbox", PATIENCE, || async {
-        world.store.outbox_backlog().await.unwrap() == 0
-    })
-    .await
-    .unwrap();
+    outbox_drained(&world).await;
     let messages = world.messages("LEDGER").await;
     assert_exactly_once_in_order(&world, &messages).await;
     shutdown.cancel();
