@@ -135,7 +135,7 @@ pub trait Event: Sized + Clone + Debug + Send + Sync + 'static {
 /// Declares an aggregate's event enum from its payload structs and implements [`Event`] for it
 /// (and cqrs-es's `DomainEvent` with the `cqrs` feature).
 ///
-/// ```ignore
+/// ```text
 /// event_enum! {
 ///     /// Events of the Order aggregate.
 ///     pub enum OrderEvent: "order" {

@@ -43,13 +43,13 @@ impl StoreError {
     }
 
     pub(crate) fn from_write(error: sqlx::Error) -> Self {
-        if let sqlx::Error::Database(db) = &error {
-            if db.code().as_deref() == Some("23505") {
-                match db.constraint() {
-                    Some("events_aggregate_sequence") => return StoreError::Conflict,
-                    Some("inbox_pkey") => return StoreError::InboxConflict,
-                    _ => {}
-                }
+        if let sqlx::Error::Database(db) = &error
+            && db.code().as_deref() == Some("23505")
+        {
+            match db.constraint() {
+                Some("events_aggregate_sequence") => return StoreError::Conflict,
+                Some("inbox_pkey") => return StoreError::InboxConflict,
+                _ => {}
             }
         }
         StoreError::Database(error)

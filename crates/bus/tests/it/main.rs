@@ -1,6 +1,9 @@
 //! Integration tests of the relay and the consumer runtime against a real PostgreSQL (a
 //! database per store per test) and a real nats-server (a private one per test).
 
+// A test fails by panicking; helpers unwrap like the tests do.
+#![allow(clippy::unwrap_used)]
+
 mod consumer;
 mod relay;
 

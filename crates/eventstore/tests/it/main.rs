@@ -1,3 +1,6 @@
 //! Integration tests of the event store against a real PostgreSQL (one database per test).
 
+// A test fails by panicking; helpers unwrap like the tests do.
+#![allow(clippy::unwrap_used)]
+
 mod store;

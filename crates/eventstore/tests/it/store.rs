@@ -153,10 +153,9 @@ async fn of_two_commands_on_a_stale_aggregate_exactly_one_commits() {
     );
     let outcomes = [a.is_ok(), b.is_ok()];
     assert_eq!(outcomes.iter().filter(|ok| **ok).count(), 1, "{a:?} {b:?}");
-    let failed = if a.is_ok() {
-        b.unwrap_err()
-    } else {
-        a.unwrap_err()
+    let failed = match (a, b) {
+        (Ok(_), Err(e)) | (Err(e), Ok(_)) => e,
+        other => panic!("exactly one should fail: {other:?}"),
     };
     assert!(
         matches!(failed, CommandError::Conflict { attempts: 1 }),
