@@ -167,7 +167,8 @@ impl<H: Handler> Consumer<H> {
     }
 
     /// Provisions the consumer, then handles messages until `shutdown`. The batch in hand when
-    /// shutdown comes is finished, committed and acked before this returns.
+    /// shutdown comes is finished, committed and acked before this returns. Fails if the
+    /// consumer cannot be provisioned or its message stream ends (the consumer was deleted).
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let consumer = provision::consumer(&self.js, &self.spec).await?;
         let messages = consumer
@@ -186,7 +187,7 @@ impl<H: Handler> Consumer<H> {
                 () = shutdown.cancelled() => break,
                 batch = batches.next() => match batch {
                     Some(batch) => batch,
-                    None => break,
+                    None => anyhow::bail!("the message stream of consumer {} ended", self.spec.name),
                 },
             };
             let mut messages = Vec::with_capacity(batch.len());
