@@ -1,0 +1,24 @@
+//! The domain of the inventory context: the catalogue and every unit of stock.
+//!
+//! - [`Product`] (`product`, one per SKU): the catalogue, a name and a price that ordering
+//!   replicates from the events.
+//! - [`StockItem`] (`stock`, one per SKU): units on hand, reserved per order, and committed
+//!   (gone with a shipment). It never reserves more than is on hand.
+//! - [`Allocation`] (`allocation`, one per order): what inventory decided for an order
+//!   (reserved until a deadline, or rejected with its shortages) and what became of the
+//!   reservation (released or committed). It names the stock items a compensation must touch.
+//!
+//! The service around these aggregates reacts to `OrderPlaced` (reserve every line, all or
+//! nothing), `OrderCancelled` and `PaymentDeclined` (release), `ShipmentDispatched` (commit)
+//! and to the reservation deadline's ticker (expire). Every reaction is idempotent: the same
+//! command delivered twice succeeds the second time with no events.
+//!
+//! This crate holds the domain only: no I/O, no clock (time arrives in commands), no storage.
+
+pub mod allocation;
+pub mod product;
+pub mod stock;
+
+pub use allocation::{Allocation, AllocationCommand, AllocationError, AllocationStatus};
+pub use product::{Product, ProductCommand, ProductError};
+pub use stock::{StockCommand, StockError, StockItem};
