@@ -1,0 +1,508 @@
+use std::sync::Arc;
+
+use cqrs_es::Aggregate;
+use cqrs_es::event_sink::EventSink;
+use events::payments::{
+    PaymentCaptured, PaymentDeclined, PaymentEvent, PaymentRefunded, PaymentRequested,
+    PaymentVoided,
+};
+use events::values::{Money, OrderId};
+use serde::{Deserialize, Serialize};
+
+use super::{PaymentCommand, PaymentError};
+use crate::provider::{CaptureOutcome, PaymentProvider};
+
+/// Where a payment is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PaymentStatus {
+    /// Payments has not heard of the order yet.
+    #[default]
+    NotRequested,
+    /// The amount is known; nothing captured yet.
+    Requested,
+    Captured,
+    Declined,
+    /// Captured, then paid back.
+    Refunded,
+    /// Ended before capture: nothing will be taken.
+    Voided,
+}
+
+/// The payment of one order. Its aggregate id is the order id.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Payment {
+    /// What is owed: set by `PaymentRequested`, for the life of the payment.
+    request: Option<Request>,
+    stage: Stage,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Request {
+    order_id: OrderId,
+    amount: Money,
+}
+
+/// What happened after the request. Each stage holds what the next decision needs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Stage {
+    #[default]
+    Open,
+    /// A refund names the capture by its provider reference.
+    Captured {
+        amount: Money,
+        reference: String,
+    },
+    Declined,
+    Refunded {
+        captured: Money,
+        refunded: Money,
+    },
+    Voided,
+}
+
+impl Payment {
+    pub fn status(&self) -> PaymentStatus {
+        match (&self.request, &self.stage) {
+            (None, _) => PaymentStatus::NotRequested,
+            (Some(_), Stage::Open) => PaymentStatus::Requested,
+            (Some(_), Stage::Captured { .. }) => PaymentStatus::Captured,
+            (Some(_), Stage::Declined) => PaymentStatus::Declined,
+            (Some(_), Stage::Refunded { .. }) => PaymentStatus::Refunded,
+            (Some(_), Stage::Voided) => PaymentStatus::Voided,
+        }
+    }
+
+    /// What the order costs, once requested.
+    pub fn amount(&self) -> Option<Money> {
+        self.request.map(|r| r.amount)
+    }
+
+    /// What was taken from the customer (still set after a refund).
+    pub fn captured(&self) -> Option<Money> {
+        match self.stage {
+            Stage::Captured { amount, .. } => Some(amount),
+            Stage::Refunded { captured, .. } => Some(captured),
+            Stage::Open | Stage::Declined | Stage::Voided => None,
+        }
+    }
+
+    /// What was paid back.
+    pub fn refunded(&self) -> Option<Money> {
+        match self.stage {
+            Stage::Refunded { refunded, .. } => Some(refunded),
+            _ => None,
+        }
+    }
+}
+
+impl Aggregate for Payment {
+    const TYPE: &'static str = "payment";
+    type Command = PaymentCommand;
+    type Event = PaymentEvent;
+    type Error = PaymentError;
+    type Services = Arc<dyn PaymentProvider>;
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        provider: &Self::Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        match command {
+            // The token is not recorded: see `PaymentCommand::Request`.
+            PaymentCommand::Request {
+                order_id,
+                amount,
+                payment_token: _,
+            } => {
+                // A redelivered `OrderPlaced`: the amount is already known.
+                if self.request.is_some() {
+                    return Ok(());
+                }
+                if amount.amount_minor <= 0 {
+                    return Err(PaymentError::InvalidAmount(amount));
+                }
+                sink.write(PaymentRequested { order_id, amount }.into(), self)
+                    .await;
+            }
+            PaymentCommand::Capture { payment_token } => {
+                let Request { order_id, amount } =
+                    self.request.ok_or(PaymentError::NotRequested)?;
+                // Captured, declined, refunded or voided: the provider was answered (or the
+                // order ended); calling it again could only do harm.
+                if !matches!(self.stage, Stage::Open) {
+                    return Ok(());
+                }
+                // A provider error fails the command with no events: the consumer retries.
+                let event = match provider.capture(order_id, amount, &payment_token).await? {
+                    CaptureOutcome::Captured { reference } => PaymentCaptured {
+                        order_id,
+                        amount,
+                        provider_reference: reference,
+                    }
+                    .into(),
+                    CaptureOutcome::Declined { reason } => {
+                        PaymentDeclined { order_id, reason }.into()
+                    }
+                };
+                sink.write(event, self).await;
+            }
+            PaymentCommand::Cancel => {
+                // A cancellation may reach payments before the request: nothing to undo.
+                let Some(Request { order_id, .. }) = self.request else {
+                    return Ok(());
+                };
+                match &self.stage {
+                    Stage::Open => sink.write(PaymentVoided { order_id }.into(), self).await,
+                    Stage::Captured { amount, reference } => {
+                        let amount = *amount;
+                        let refund_reference = provider.refund(order_id, amount, reference).await?;
+                        let event = PaymentRefunded {
+                            order_id,
+                            amount,
+                            provider_reference: refund_reference,
+                        };
+                        sink.write(event.into(), self).await;
+                    }
+                    // Nothing was taken, or it was already given back.
+                    Stage::Declined | Stage::Refunded { .. } | Stage::Voided => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        match event {
+            PaymentEvent::PaymentRequested(e) => {
+                self.request = Some(Request {
+                    order_id: e.order_id,
+                    amount: e.amount,
+                });
+            }
+            PaymentEvent::PaymentCaptured(e) => {
+                self.stage = Stage::Captured {
+                    amount: e.amount,
+                    reference: e.provider_reference,
+                };
+            }
+            PaymentEvent::PaymentDeclined(_) => self.stage = Stage::Declined,
+            PaymentEvent::PaymentRefunded(e) => {
+                // Refunds are whole: the captured amount is the refunded one if, against
+                // every rule, no capture came first.
+                let captured = self.captured().unwrap_or(e.amount);
+                self.stage = Stage::Refunded {
+                    captured,
+                    refunded: e.amount,
+                };
+            }
+            PaymentEvent::PaymentVoided(_) => self.stage = Stage::Voided,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::ready;
+
+    use cqrs_es::test::{AggregateTestExecutor, TestFramework};
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::provider::{ProviderError, ProviderFuture};
+    use crate::simulator::{Simulator, TOKEN_DECLINE, TOKEN_FLAKY, TOKEN_SUCCESS, TOKEN_TIMEOUT};
+
+    fn order_id() -> OrderId {
+        OrderId(Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0002))
+    }
+
+    fn eur(amount_minor: i64) -> Money {
+        Money::new(amount_minor, "EUR".parse().unwrap())
+    }
+
+    fn requested() -> PaymentEvent {
+        PaymentRequested {
+            order_id: order_id(),
+            amount: eur(4200),
+        }
+        .into()
+    }
+
+    fn captured() -> PaymentEvent {
+        PaymentCaptured {
+            order_id: order_id(),
+            amount: eur(4200),
+            provider_reference: format!("sim-cap-{}", order_id()),
+        }
+        .into()
+    }
+
+    fn declined(reason: &str) -> PaymentEvent {
+        PaymentDeclined {
+            order_id: order_id(),
+            reason: reason.to_owned(),
+        }
+        .into()
+    }
+
+    fn refunded() -> PaymentEvent {
+        PaymentRefunded {
+            order_id: order_id(),
+            amount: eur(4200),
+            provider_reference: format!("sim-ref-{}", order_id()),
+        }
+        .into()
+    }
+
+    fn voided() -> PaymentEvent {
+        PaymentVoided {
+            order_id: order_id(),
+        }
+        .into()
+    }
+
+    /// The histories a payment can have, by name (for table-driven cases).
+    fn history(name: &str) -> Vec<PaymentEvent> {
+        match name {
+            "none" => vec![],
+            "requested" => vec![requested()],
+            "captured" => vec![requested(), captured()],
+            "declined" => vec![requested(), declined("card declined")],
+            "refunded" => vec![requested(), captured(), refunded()],
+            "voided" => vec![requested(), voided()],
+            other => panic!("unknown history {other}"),
+        }
+    }
+
+    /// A payment with the given history, calling `provider`.
+    fn given(provider: &Arc<Simulator>, name: &str) -> AggregateTestExecutor<Payment> {
+        let provider: Arc<dyn PaymentProvider> = provider.clone();
+        TestFramework::<Payment>::with(provider).given(history(name))
+    }
+
+    fn request(amount: Money) -> PaymentCommand {
+        PaymentCommand::Request {
+            order_id: order_id(),
+            amount,
+            payment_token: TOKEN_SUCCESS.to_owned(),
+        }
+    }
+
+    fn capture(token: &str) -> PaymentCommand {
+        PaymentCommand::Capture {
+            payment_token: token.to_owned(),
+        }
+    }
+
+    /// A provider that cannot be reached, for the refund's failure path.
+    #[derive(Debug)]
+    struct Down;
+
+    impl PaymentProvider for Down {
+        fn capture<'a>(
+            &'a self,
+            _: OrderId,
+            _: Money,
+            _: &'a str,
+        ) -> ProviderFuture<'a, CaptureOutcome> {
+            Box::pin(ready(Err(ProviderError::Unavailable("down".to_owned()))))
+        }
+
+        fn refund<'a>(&'a self, _: OrderId, _: Money, _: &'a str) -> ProviderFuture<'a, String> {
+            Box::pin(ready(Err(ProviderError::Unavailable("down".to_owned()))))
+        }
+    }
+
+    #[test]
+    fn request_records_what_will_be_owed() {
+        given(&Arc::default(), "none")
+            .when(request(eur(4200)))
+            .then_expect_events(vec![requested()]);
+    }
+
+    #[test]
+    fn request_again_changes_nothing_whatever_the_stage() {
+        for name in ["requested", "captured", "declined", "refunded", "voided"] {
+            let events = given(&Arc::default(), name)
+                .when(request(eur(4200)))
+                .inspect_result();
+            assert_eq!(events, Ok(vec![]), "request after {name}");
+        }
+    }
+
+    #[test]
+    fn request_refuses_an_amount_that_is_not_positive() {
+        for amount in [eur(0), eur(-1)] {
+            given(&Arc::default(), "none")
+                .when(request(amount))
+                .then_expect_error(PaymentError::InvalidAmount(amount));
+        }
+    }
+
+    #[test]
+    fn capture_records_the_providers_answer_for_each_token() {
+        for (token, expected) in [
+            (TOKEN_SUCCESS, captured()),
+            (TOKEN_DECLINE, declined("card declined")),
+            ("tok_made_up", declined("unknown test token")),
+        ] {
+            let events = given(&Arc::default(), "requested")
+                .when(capture(token))
+                .inspect_result();
+            assert_eq!(events, Ok(vec![expected]), "capture with {token}");
+        }
+    }
+
+    #[test]
+    fn capture_that_times_out_fails_with_no_events_every_time() {
+        let sim = Arc::new(Simulator::new());
+        for attempt in 1..=3 {
+            let result = given(&sim, "requested")
+                .when(capture(TOKEN_TIMEOUT))
+                .inspect_result();
+            assert_eq!(
+                result,
+                Err(PaymentError::Provider(ProviderError::Timeout)),
+                "attempt {attempt}"
+            );
+        }
+        assert_eq!(sim.capture_calls(order_id()), 3);
+    }
+
+    #[test]
+    fn capture_with_a_flaky_provider_fails_twice_then_captures() {
+        let sim = Arc::new(Simulator::new());
+        for attempt in 1..=2 {
+            let result = given(&sim, "requested")
+                .when(capture(TOKEN_FLAKY))
+                .inspect_result();
+            assert!(
+                matches!(
+                    result,
+                    Err(PaymentError::Provider(ProviderError::Unavailable(_)))
+                ),
+                "attempt {attempt} should fail as unavailable: {result:?}"
+            );
+        }
+        given(&sim, "requested")
+            .when(capture(TOKEN_FLAKY))
+            .then_expect_events(vec![captured()]);
+        assert_eq!(sim.capture_calls(order_id()), 3);
+    }
+
+    #[test]
+    fn capture_before_the_request_is_refused_without_calling_the_provider() {
+        let sim = Arc::new(Simulator::new());
+        given(&sim, "none")
+            .when(capture(TOKEN_SUCCESS))
+            .then_expect_error(PaymentError::NotRequested);
+        assert_eq!(sim.capture_calls(order_id()), 0);
+    }
+
+    #[test]
+    fn capture_after_an_answer_or_an_end_never_calls_the_provider_again() {
+        for name in ["captured", "declined", "refunded", "voided"] {
+            let sim = Arc::new(Simulator::new());
+            let events = given(&sim, name)
+                .when(capture(TOKEN_SUCCESS))
+                .inspect_result();
+            assert_eq!(events, Ok(vec![]), "capture after {name}");
+            assert_eq!(
+                sim.capture_calls(order_id()),
+                0,
+                "provider called after {name}"
+            );
+        }
+    }
+
+    #[test]
+    fn cancel_after_capture_refunds_the_captured_amount() {
+        let sim = Arc::new(Simulator::new());
+        given(&sim, "captured")
+            .when(PaymentCommand::Cancel)
+            .then_expect_events(vec![refunded()]);
+        assert_eq!(sim.refund_calls(order_id()), 1);
+    }
+
+    #[test]
+    fn cancel_before_capture_voids_the_payment() {
+        let sim = Arc::new(Simulator::new());
+        given(&sim, "requested")
+            .when(PaymentCommand::Cancel)
+            .then_expect_events(vec![voided()]);
+        assert_eq!(sim.refund_calls(order_id()), 0);
+    }
+
+    #[test]
+    fn cancel_with_nothing_to_undo_changes_nothing() {
+        for name in ["none", "declined", "refunded", "voided"] {
+            let sim = Arc::new(Simulator::new());
+            let events = given(&sim, name)
+                .when(PaymentCommand::Cancel)
+                .inspect_result();
+            assert_eq!(events, Ok(vec![]), "cancel after {name}");
+            assert_eq!(sim.refund_calls(order_id()), 0, "refund after {name}");
+        }
+    }
+
+    #[test]
+    fn cancel_whose_refund_cannot_reach_the_provider_fails_with_no_events() {
+        let down: Arc<dyn PaymentProvider> = Arc::new(Down);
+        let result = TestFramework::<Payment>::with(down)
+            .given(history("captured"))
+            .when(PaymentCommand::Cancel)
+            .inspect_result();
+        let expected = PaymentError::Provider(ProviderError::Unavailable("down".to_owned()));
+        assert_eq!(result, Err(expected));
+    }
+
+    #[test]
+    fn state_follows_the_events_and_survives_serialisation() {
+        use PaymentStatus as S;
+        let some = |n| Some(eur(n));
+        for (name, status, amount, captured, refunded) in [
+            ("none", S::NotRequested, None, None, None),
+            ("requested", S::Requested, some(4200), None, None),
+            ("captured", S::Captured, some(4200), some(4200), None),
+            ("declined", S::Declined, some(4200), None, None),
+            ("refunded", S::Refunded, some(4200), some(4200), some(4200)),
+            ("voided", S::Voided, some(4200), None, None),
+        ] {
+            let mut payment = Payment::default();
+            for event in history(name) {
+                payment.apply(event);
+            }
+            let json = serde_json::to_string(&payment).unwrap();
+            let payment: Payment = serde_json::from_str(&json).unwrap();
+            assert_eq!(
+                (
+                    payment.status(),
+                    payment.amount(),
+                    payment.captured(),
+                    payment.refunded()
+                ),
+                (status, amount, captured, refunded),
+                "state after {name}"
+            );
+        }
+    }
+
+    #[test]
+    fn errors_have_stable_codes_and_only_provider_errors_are_transient() {
+        for (error, code, transient) in [
+            (PaymentError::InvalidAmount(eur(0)), "invalid_amount", false),
+            (PaymentError::NotRequested, "not_requested", false),
+            (ProviderError::Timeout.into(), "provider_timeout", true),
+            (
+                ProviderError::Unavailable("down".to_owned()).into(),
+                "provider_unavailable",
+                true,
+            ),
+        ] {
+            assert_eq!(error.code(), code, "{error}");
+            assert_eq!(error.is_transient(), transient, "{error}");
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! The `payment` aggregate: one per order, keyed by the order id.
+
+mod aggregate;
+mod commands;
+mod error;
+
+pub use aggregate::{Payment, PaymentStatus};
+pub use commands::PaymentCommand;
+pub use error::PaymentError;
