@@ -4,10 +4,13 @@
 //! [`MAX_UNITS`] units at a time) and write it as one statement: one round trip and one fsync
 //! for many units. Under light load a unit is alone in its statement and nothing waits; under
 //! load the statements fill up. If a merged statement fails (a conflict in any unit), each unit
-//! is written on its own, so that only the unit at fault fails.
+//! is written on its own, so that only the unit at fault fails. Units that change deadlines are
+//! always written on their own: two changes of one deadline in one statement would collide.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 
+use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
@@ -19,11 +22,70 @@ const LANES: usize = 4;
 /// Units merged into one statement, at most.
 const MAX_UNITS: usize = 64;
 
+/// A change to a deadline, in the order the unit of work made it.
+#[derive(Debug)]
+pub(crate) enum DeadlineChange {
+    Schedule {
+        kind: String,
+        key: String,
+        due_at: DateTime<Utc>,
+        payload: String,
+    },
+    Cancel {
+        kind: String,
+        key: String,
+    },
+}
+
 /// What one unit of work writes.
 #[derive(Debug)]
 pub(crate) struct Pending {
     pub(crate) rows: Vec<NewEvent>,
     pub(crate) inbox: Vec<(String, Uuid)>,
+    /// The last change of each deadline the unit touched.
+    schedules: Vec<(String, String, DateTime<Utc>, String)>,
+    cancels: Vec<(String, String)>,
+}
+
+impl Pending {
+    pub(crate) fn new(
+        rows: Vec<NewEvent>,
+        inbox: Vec<(String, Uuid)>,
+        deadlines: Vec<DeadlineChange>,
+    ) -> Self {
+        // (kind, key) -> Some((due_at, payload)) to schedule, None to cancel.
+        type Last = HashMap<(String, String), Option<(DateTime<Utc>, String)>>;
+        let mut last = Last::new();
+        for change in deadlines {
+            match change {
+                DeadlineChange::Schedule {
+                    kind,
+                    key,
+                    due_at,
+                    payload,
+                } => last.insert((kind, key), Some((due_at, payload))),
+                DeadlineChange::Cancel { kind, key } => last.insert((kind, key), None),
+            };
+        }
+        let mut schedules = Vec::new();
+        let mut cancels = Vec::new();
+        for ((kind, key), change) in last {
+            match change {
+                Some((due_at, payload)) => schedules.push((kind, key, due_at, payload)),
+                None => cancels.push((kind, key)),
+            }
+        }
+        Self {
+            rows,
+            inbox,
+            schedules,
+            cancels,
+        }
+    }
+
+    fn changes_deadlines(&self) -> bool {
+        !self.schedules.is_empty() || !self.cancels.is_empty()
+    }
 }
 
 type Reply = oneshot::Sender<Result<i64, StoreError>>;
@@ -85,6 +147,12 @@ impl Store {
     }
 
     async fn write_units(&self, units: Vec<(Pending, Reply)>) {
+        let (alone, units): (Vec<_>, Vec<_>) = units
+            .into_iter()
+            .partition(|(pending, _)| pending.changes_deadlines());
+        for (pending, reply) in alone {
+            let _ = reply.send(self.write_alone(&pending).await);
+        }
         if units.len() > 1 {
             let all: Vec<&Pending> = units.iter().map(|(pending, _)| pending).collect();
             match self.write(&all).await {
@@ -106,12 +174,15 @@ impl Store {
             }
         }
         for (pending, reply) in units {
-            let result = self
-                .write(&[&pending])
-                .await
-                .map(|positions| positions.last().copied().unwrap_or(0));
-            let _ = reply.send(result);
+            let _ = reply.send(self.write_alone(&pending).await);
         }
+    }
+
+    /// Writes one unit; returns the highest position it wrote (0 if none).
+    async fn write_alone(&self, pending: &Pending) -> Result<i64, StoreError> {
+        self.write(&[pending])
+            .await
+            .map(|positions| positions.last().copied().unwrap_or(0))
     }
 
     /// Writes the units in one statement: atomic without an explicit transaction, one round
@@ -129,6 +200,14 @@ impl Store {
         let metadata: Vec<&str> = rows().map(|r| r.metadata.as_str()).collect();
         let consumers: Vec<&str> = inbox().map(|(consumer, _)| consumer.as_str()).collect();
         let handled: Vec<Uuid> = inbox().map(|(_, id)| *id).collect();
+        let schedules = || units.iter().flat_map(|u| u.schedules.iter());
+        let scheduled_kinds: Vec<&str> = schedules().map(|s| s.0.as_str()).collect();
+        let scheduled_keys: Vec<&str> = schedules().map(|s| s.1.as_str()).collect();
+        let due: Vec<DateTime<Utc>> = schedules().map(|s| s.2).collect();
+        let deadline_payloads: Vec<&str> = schedules().map(|s| s.3.as_str()).collect();
+        let cancels = || units.iter().flat_map(|u| u.cancels.iter());
+        let cancelled_kinds: Vec<&str> = cancels().map(|c| c.0.as_str()).collect();
+        let cancelled_keys: Vec<&str> = cancels().map(|c| c.1.as_str()).collect();
 
         // Rows are inserted in array order, so positions follow the units' order and each
         // aggregate's positions follow its sequence.
@@ -146,6 +225,17 @@ impl Store {
                  INSERT INTO outbox (position) SELECT position FROM appended \
              ), handled AS ( \
                  INSERT INTO inbox (consumer, event_id) SELECT * FROM UNNEST($9::text[], $10::uuid[]) \
+             ), scheduled AS ( \
+                 INSERT INTO deadlines (kind, key, due_at, payload) \
+                 SELECT kind, key, due_at, payload::jsonb \
+                 FROM UNNEST($11::text[], $12::text[], $13::timestamptz[], $14::text[]) \
+                      AS d(kind, key, due_at, payload) \
+                 ON CONFLICT (kind, key) DO UPDATE \
+                 SET due_at = EXCLUDED.due_at, payload = EXCLUDED.payload, \
+                     attempts = 0, last_error = NULL, failed_at = NULL \
+             ), cancelled AS ( \
+                 DELETE FROM deadlines d USING UNNEST($15::text[], $16::text[]) AS c(kind, key) \
+                 WHERE d.kind = c.kind AND d.key = c.key \
              ) \
              SELECT array_agg(position ORDER BY position) FROM appended",
         )
@@ -159,6 +249,12 @@ impl Store {
         .bind(&metadata)
         .bind(&consumers)
         .bind(&handled)
+        .bind(&scheduled_kinds)
+        .bind(&scheduled_keys)
+        .bind(&due)
+        .bind(&deadline_payloads)
+        .bind(&cancelled_kinds)
+        .bind(&cancelled_keys)
         .fetch_one(self.pool())
         .await
         .map_err(StoreError::from_write)?;

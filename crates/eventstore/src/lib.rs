@@ -7,6 +7,9 @@
 //!   committed together in one SQL statement (one round trip, one fsync); units committed at
 //!   the same time by different tasks share statements too (group commit).
 //!
+//! - [`Ticker`]: fires due deadlines, which units of work schedule and cancel together with the
+//!   events that start and end them.
+//!
 //! Optimistic concurrency comes from the unique `(aggregate_type, aggregate_id, sequence)`
 //! key: a unit of work built on a stale aggregate fails with [`StoreError::Conflict`], the
 //! stale aggregates are evicted, and the caller runs the work again.
@@ -15,10 +18,12 @@
 //! logic (that is in the aggregates).
 
 mod commit;
+mod deadline;
 mod repository;
 mod store;
 mod unit_of_work;
 
+pub use deadline::{Deadline, DeadlineHandler, Ticker};
 pub use repository::{CommandError, Committed, Repository};
 pub use store::{OUTBOX_CHANNEL, Store, StoreError, StoredEvent};
 pub use unit_of_work::{Mark, UnitOfWork};

@@ -9,9 +9,10 @@
 use std::any::Any;
 use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::commit::Pending;
+use crate::commit::{DeadlineChange, Pending};
 use crate::store::{Store, StoreError};
 
 /// An event row waiting to be written.
@@ -41,6 +42,7 @@ type Key = (&'static str, String);
 pub struct Mark {
     rows: usize,
     inbox: usize,
+    deadlines: usize,
     undo: usize,
 }
 
@@ -49,6 +51,7 @@ pub struct UnitOfWork {
     store: Store,
     rows: Vec<NewEvent>,
     inbox: Vec<(String, Uuid)>,
+    deadlines: Vec<DeadlineChange>,
     staged: HashMap<Key, Box<dyn Staged>>,
     /// Previous staged value of each key, in the order they were replaced.
     undo: Vec<(Key, Option<Box<dyn Staged>>)>,
@@ -59,6 +62,7 @@ impl std::fmt::Debug for UnitOfWork {
         f.debug_struct("UnitOfWork")
             .field("events", &self.rows.len())
             .field("inbox", &self.inbox.len())
+            .field("deadlines", &self.deadlines.len())
             .field("aggregates", &self.staged.len())
             .finish()
     }
@@ -70,6 +74,7 @@ impl UnitOfWork {
             store: store.clone(),
             rows: Vec::new(),
             inbox: Vec::new(),
+            deadlines: Vec::new(),
             staged: HashMap::new(),
             undo: Vec::new(),
         }
@@ -89,19 +94,46 @@ impl UnitOfWork {
         self.inbox.push((consumer.to_owned(), event_id));
     }
 
+    /// Schedules the deadline `(kind, key)` for `due_at`, in the same commit; scheduling it
+    /// again moves it.
+    pub fn schedule_deadline(
+        &mut self,
+        kind: &str,
+        key: &str,
+        due_at: DateTime<Utc>,
+        payload: serde_json::Value,
+    ) {
+        self.deadlines.push(DeadlineChange::Schedule {
+            kind: kind.to_owned(),
+            key: key.to_owned(),
+            due_at,
+            payload: payload.to_string(),
+        });
+    }
+
+    /// Removes the deadline `(kind, key)`, if there is one, in the same commit.
+    pub fn cancel_deadline(&mut self, kind: &str, key: &str) {
+        self.deadlines.push(DeadlineChange::Cancel {
+            kind: kind.to_owned(),
+            key: key.to_owned(),
+        });
+    }
+
     /// Remembers the current point, to undo what follows with [`Self::rollback_to`].
     pub fn mark(&self) -> Mark {
         Mark {
             rows: self.rows.len(),
             inbox: self.inbox.len(),
+            deadlines: self.deadlines.len(),
             undo: self.undo.len(),
         }
     }
 
-    /// Forgets every event, inbox row and aggregate change made since `mark`.
+    /// Forgets every event, inbox row, deadline change and aggregate change made since `mark`.
     pub fn rollback_to(&mut self, mark: Mark) {
         self.rows.truncate(mark.rows);
         self.inbox.truncate(mark.inbox);
+        self.deadlines.truncate(mark.deadlines);
         while self.undo.len() > mark.undo {
             let Some((key, previous)) = self.undo.pop() else {
                 break;
@@ -144,13 +176,14 @@ impl UnitOfWork {
             store,
             rows,
             inbox,
+            deadlines,
             staged,
             undo: _,
         } = self;
-        if rows.is_empty() && inbox.is_empty() {
+        if rows.is_empty() && inbox.is_empty() && deadlines.is_empty() {
             return Ok(0);
         }
-        let result = store.commit(Pending { rows, inbox }).await;
+        let result = store.commit(Pending::new(rows, inbox, deadlines)).await;
         let committed = result.is_ok();
         for state in staged.into_values() {
             state.settle(committed);

@@ -3,4 +3,5 @@
 // A test fails by panicking; helpers unwrap like the tests do.
 #![allow(clippy::unwrap_used)]
 
+mod deadlines;
 mod store;

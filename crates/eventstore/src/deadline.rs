@@ -1,0 +1,214 @@
+//! Deadlines and the ticker that fires them.
+//!
+//! A deadline `(kind, key)` is scheduled or cancelled through the [`UnitOfWork`] that appends
+//! the events starting or ending it. A [`Ticker`] per kind looks for due deadlines every
+//! interval and hands each to its [`DeadlineHandler`] in one unit of work; a handled deadline is
+//! deleted in that same commit. A firing that fails is rolled back alone and tried again with
+//! a growing delay; after the last attempt the deadline is marked failed, stays in the table
+//! with its error for an operator to see, and is no longer fired. Several instances may tick at
+//! once: handlers decide through aggregates, so a second firing of the same deadline either
+//! conflicts or finds nothing left to do.
+
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{Store, StoreError};
+use crate::unit_of_work::UnitOfWork;
+
+/// A scheduled deadline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deadline {
+    pub kind: String,
+    pub key: String,
+    pub due_at: DateTime<Utc>,
+    pub payload: serde_json::Value,
+    /// Failed firings so far.
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    /// When the ticker gave up on it.
+    pub failed_at: Option<DateTime<Utc>>,
+}
+
+impl Deadline {
+    fn from_row(row: &sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            kind: row.try_get("kind")?,
+            key: row.try_get("key")?,
+            due_at: row.try_get("due_at")?,
+            payload: row.try_get("payload")?,
+            attempts: row.try_get("attempts")?,
+            last_error: row.try_get("last_error")?,
+            failed_at: row.try_get("failed_at")?,
+        })
+    }
+}
+
+impl Store {
+    /// Up to `limit` deadlines of `kind` due at `now` and not failed, oldest first.
+    pub async fn due_deadlines(
+        &self,
+        kind: &str,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<Deadline>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM deadlines WHERE kind = $1 AND due_at <= $2 AND failed_at IS NULL \
+             ORDER BY due_at LIMIT $3",
+        )
+        .bind(kind)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .iter()
+            .map(Deadline::from_row)
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// The deadline `(kind, key)`, if it is scheduled (or failed).
+    pub async fn deadline(&self, kind: &str, key: &str) -> Result<Option<Deadline>, StoreError> {
+        let row = sqlx::query("SELECT * FROM deadlines WHERE kind = $1 AND key = $2")
+            .bind(kind)
+            .bind(key)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(row.as_ref().map(Deadline::from_row).transpose()?)
+    }
+
+    /// Deadlines the ticker gave up on, oldest first.
+    pub async fn failed_deadlines(&self) -> Result<Vec<Deadline>, StoreError> {
+        let rows =
+            sqlx::query("SELECT * FROM deadlines WHERE failed_at IS NOT NULL ORDER BY failed_at")
+                .fetch_all(self.pool())
+                .await?;
+        Ok(rows
+            .iter()
+            .map(Deadline::from_row)
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// Records a failed firing: fire again at `retry_at`, or never (`None`: failed for good).
+    /// Does nothing if the deadline was moved or removed meanwhile.
+    async fn record_failed_firing(
+        &self,
+        deadline: &Deadline,
+        error: &str,
+        retry_at: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE deadlines SET attempts = attempts + 1, last_error = $4, \
+                 due_at = COALESCE($5, due_at), failed_at = CASE WHEN $5 IS NULL THEN now() END \
+             WHERE kind = $1 AND key = $2 AND due_at = $3",
+        )
+        .bind(&deadline.kind)
+        .bind(&deadline.key)
+        .bind(deadline.due_at)
+        .bind(error)
+        .bind(retry_at)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+}
+
+/// What happens when a deadline of one kind is due.
+pub trait DeadlineHandler: Send + Sync + 'static {
+    /// Runs the commands the deadline calls for in `uow`. An error (its message is kept on the
+    /// deadline) undoes this firing only; it is tried again later.
+    fn fire(
+        &self,
+        uow: &mut UnitOfWork,
+        deadline: &Deadline,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// Fires the due deadlines of one kind.
+#[derive(Debug)]
+pub struct Ticker<H> {
+    store: Store,
+    kind: String,
+    handler: H,
+    /// How often to look for due deadlines.
+    pub interval: Duration,
+    /// Firings before a deadline is marked failed.
+    pub max_attempts: i32,
+    /// Delay before the first retry; it doubles per attempt up to `max_delay`.
+    pub first_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl<H: DeadlineHandler> Ticker<H> {
+    /// Ticks every second; tries a failing deadline 10 times, from 1 s apart up to 5 min apart.
+    pub fn new(store: Store, kind: &str, handler: H) -> Self {
+        Self {
+            store,
+            kind: kind.to_owned(),
+            handler,
+            interval: Duration::from_secs(1),
+            max_attempts: 10,
+            first_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(300),
+        }
+    }
+
+    /// Ticks until `shutdown`; a tick that fails is logged and the next one tries again.
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            if let Err(e) = self.tick(Utc::now()).await {
+                tracing::warn!(kind = %self.kind, error = %e, "deadline tick failed");
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(self.interval) => {}
+            }
+        }
+    }
+
+    /// Fires the deadlines due at `now` (at most 100) and returns how many were handled.
+    pub async fn tick(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
+        let due = self.store.due_deadlines(&self.kind, now, 100).await?;
+        let mut uow = UnitOfWork::new(&self.store);
+        let mut failed = Vec::new();
+        for deadline in &due {
+            let mark = uow.mark();
+            match self.handler.fire(&mut uow, deadline, now).await {
+                Ok(()) => uow.cancel_deadline(&deadline.kind, &deadline.key),
+                Err(error) => {
+                    uow.rollback_to(mark);
+                    failed.push((deadline, error));
+                }
+            }
+        }
+        let handled = due.len() - failed.len();
+        uow.commit().await?;
+        for (deadline, error) in failed {
+            let attempts = deadline.attempts + 1;
+            let retry_at = (attempts < self.max_attempts).then(|| {
+                let exponent = u32::try_from(attempts - 1).unwrap_or(0).min(20);
+                let delay = self
+                    .first_delay
+                    .saturating_mul(1 << exponent)
+                    .min(self.max_delay);
+                now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX)
+            });
+            match retry_at {
+                Some(at) => {
+                    tracing::warn!(kind = %deadline.kind, key = %deadline.key, attempts, %error, retry_at = %at, "deadline failed; will retry")
+                }
+                None => {
+                    tracing::error!(kind = %deadline.kind, key = %deadline.key, attempts, %error, "deadline failed for good; left for an operator")
+                }
+            }
+            self.store
+                .record_failed_firing(deadline, &error, retry_at)
+                .await?;
+        }
+        Ok(handled)
+    }
+}
