@@ -10,6 +10,8 @@ use crate::values::{Money, OrderId};
 pub struct PaymentRequested {
     pub order_id: OrderId,
     pub amount: Money,
+    /// The opaque token from `OrderPlaced`, kept so the capture can be made after a restart.
+    pub payment_token: String,
 }
 
 /// The provider captured the amount.

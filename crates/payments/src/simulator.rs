@@ -22,7 +22,8 @@ pub const FLAKY_FAILURES: u32 = 2;
 
 /// The simulator. Any token not listed above is declined ("unknown test token"); refunds always
 /// succeed, with the reference `sim-ref-<order id>`. It answers at once: timing, retries and
-/// circuit breaking belong to the wrapper around the port, not to an adapter.
+/// circuit breaking belong to the wrapper around the port ([`Resilient`](crate::Resilient)),
+/// not to an adapter.
 #[derive(Debug, Default)]
 pub struct Simulator {
     calls: Mutex<HashMap<OrderId, Calls>>,

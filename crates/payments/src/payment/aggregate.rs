@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 use super::{PaymentCommand, PaymentError};
 use crate::provider::{CaptureOutcome, PaymentProvider};
 
+/// The longest payment token accepted, in characters (the same bound as ordering's).
+pub const MAX_PAYMENT_TOKEN_CHARS: usize = 200;
+
 /// Where a payment is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -37,10 +40,12 @@ pub struct Payment {
     stage: Stage,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Request {
     order_id: OrderId,
     amount: Money,
+    /// Opaque: only the provider knows what it names.
+    payment_token: String,
 }
 
 /// What happened after the request. Each stage holds what the next decision needs.
@@ -76,7 +81,7 @@ impl Payment {
 
     /// What the order costs, once requested.
     pub fn amount(&self) -> Option<Money> {
-        self.request.map(|r| r.amount)
+        self.request.as_ref().map(|r| r.amount)
     }
 
     /// What was taken from the customer (still set after a refund).
@@ -111,11 +116,10 @@ impl Aggregate for Payment {
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
         match command {
-            // The token is not recorded: see `PaymentCommand::Request`.
             PaymentCommand::Request {
                 order_id,
                 amount,
-                payment_token: _,
+                payment_token,
             } => {
                 // A redelivered `OrderPlaced`: the amount is already known.
                 if self.request.is_some() {
@@ -124,12 +128,20 @@ impl Aggregate for Payment {
                 if amount.amount_minor <= 0 {
                     return Err(PaymentError::InvalidAmount(amount));
                 }
-                sink.write(PaymentRequested { order_id, amount }.into(), self)
-                    .await;
+                check_payment_token(&payment_token)?;
+                let event = PaymentRequested {
+                    order_id,
+                    amount,
+                    payment_token,
+                };
+                sink.write(event.into(), self).await;
             }
-            PaymentCommand::Capture { payment_token } => {
-                let Request { order_id, amount } =
-                    self.request.ok_or(PaymentError::NotRequested)?;
+            PaymentCommand::Capture => {
+                let Request {
+                    order_id,
+                    amount,
+                    payment_token,
+                } = self.request.clone().ok_or(PaymentError::NotRequested)?;
                 // Captured, declined, refunded or voided: the provider was answered (or the
                 // order ended); calling it again could only do harm.
                 if !matches!(self.stage, Stage::Open) {
@@ -151,7 +163,7 @@ impl Aggregate for Payment {
             }
             PaymentCommand::Cancel => {
                 // A cancellation may reach payments before the request: nothing to undo.
-                let Some(Request { order_id, .. }) = self.request else {
+                let Some(order_id) = self.request.as_ref().map(|r| r.order_id) else {
                     return Ok(());
                 };
                 match &self.stage {
@@ -180,6 +192,7 @@ impl Aggregate for Payment {
                 self.request = Some(Request {
                     order_id: e.order_id,
                     amount: e.amount,
+                    payment_token: e.payment_token,
                 });
             }
             PaymentEvent::PaymentCaptured(e) => {
@@ -203,6 +216,14 @@ impl Aggregate for Payment {
     }
 }
 
+/// Opaque to payments, but it must name something and stay a reasonable size.
+fn check_payment_token(token: &str) -> Result<(), PaymentError> {
+    if token.trim().is_empty() || token.chars().count() > MAX_PAYMENT_TOKEN_CHARS {
+        return Err(PaymentError::InvalidPaymentToken);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::future::ready;
@@ -223,9 +244,14 @@ mod tests {
     }
 
     fn requested() -> PaymentEvent {
+        requested_with(TOKEN_SUCCESS)
+    }
+
+    fn requested_with(token: &str) -> PaymentEvent {
         PaymentRequested {
             order_id: order_id(),
             amount: eur(4200),
+            payment_token: token.to_owned(),
         }
         .into()
     }
@@ -278,20 +304,33 @@ mod tests {
 
     /// A payment with the given history, calling `provider`.
     fn given(provider: &Arc<Simulator>, name: &str) -> AggregateTestExecutor<Payment> {
+        given_events(provider, history(name))
+    }
+
+    /// A payment requested with `token` and nothing more, calling `provider`.
+    fn given_requested_with(
+        provider: &Arc<Simulator>,
+        token: &str,
+    ) -> AggregateTestExecutor<Payment> {
+        given_events(provider, vec![requested_with(token)])
+    }
+
+    fn given_events(
+        provider: &Arc<Simulator>,
+        events: Vec<PaymentEvent>,
+    ) -> AggregateTestExecutor<Payment> {
         let provider: Arc<dyn PaymentProvider> = provider.clone();
-        TestFramework::<Payment>::with(provider).given(history(name))
+        TestFramework::<Payment>::with(provider).given(events)
     }
 
     fn request(amount: Money) -> PaymentCommand {
+        request_with(amount, TOKEN_SUCCESS)
+    }
+
+    fn request_with(amount: Money, token: &str) -> PaymentCommand {
         PaymentCommand::Request {
             order_id: order_id(),
             amount,
-            payment_token: TOKEN_SUCCESS.to_owned(),
-        }
-    }
-
-    fn capture(token: &str) -> PaymentCommand {
-        PaymentCommand::Capture {
             payment_token: token.to_owned(),
         }
     }
@@ -316,10 +355,28 @@ mod tests {
     }
 
     #[test]
-    fn request_records_what_will_be_owed() {
-        given(&Arc::default(), "none")
-            .when(request(eur(4200)))
-            .then_expect_events(vec![requested()]);
+    fn request_records_what_will_be_owed_and_the_token_to_capture_with() {
+        let longest = "t".repeat(MAX_PAYMENT_TOKEN_CHARS);
+        for token in [TOKEN_SUCCESS, TOKEN_FLAKY, longest.as_str()] {
+            let events = given(&Arc::default(), "none")
+                .when(request_with(eur(4200), token))
+                .inspect_result();
+            assert_eq!(
+                events,
+                Ok(vec![requested_with(token)]),
+                "request with {token}"
+            );
+        }
+    }
+
+    #[test]
+    fn request_refuses_a_blank_or_oversized_token() {
+        let too_long = "t".repeat(MAX_PAYMENT_TOKEN_CHARS + 1);
+        for token in ["", "   ", too_long.as_str()] {
+            given(&Arc::default(), "none")
+                .when(request_with(eur(4200), token))
+                .then_expect_error(PaymentError::InvalidPaymentToken);
+        }
     }
 
     #[test]
@@ -348,8 +405,8 @@ mod tests {
             (TOKEN_DECLINE, declined("card declined")),
             ("tok_made_up", declined("unknown test token")),
         ] {
-            let events = given(&Arc::default(), "requested")
-                .when(capture(token))
+            let events = given_requested_with(&Arc::default(), token)
+                .when(PaymentCommand::Capture)
                 .inspect_result();
             assert_eq!(events, Ok(vec![expected]), "capture with {token}");
         }
@@ -359,8 +416,8 @@ mod tests {
     fn capture_that_times_out_fails_with_no_events_every_time() {
         let sim = Arc::new(Simulator::new());
         for attempt in 1..=3 {
-            let result = given(&sim, "requested")
-                .when(capture(TOKEN_TIMEOUT))
+            let result = given_requested_with(&sim, TOKEN_TIMEOUT)
+                .when(PaymentCommand::Capture)
                 .inspect_result();
             assert_eq!(
                 result,
@@ -375,8 +432,8 @@ mod tests {
     fn capture_with_a_flaky_provider_fails_twice_then_captures() {
         let sim = Arc::new(Simulator::new());
         for attempt in 1..=2 {
-            let result = given(&sim, "requested")
-                .when(capture(TOKEN_FLAKY))
+            let result = given_requested_with(&sim, TOKEN_FLAKY)
+                .when(PaymentCommand::Capture)
                 .inspect_result();
             assert!(
                 matches!(
@@ -386,8 +443,8 @@ mod tests {
                 "attempt {attempt} should fail as unavailable: {result:?}"
             );
         }
-        given(&sim, "requested")
-            .when(capture(TOKEN_FLAKY))
+        given_requested_with(&sim, TOKEN_FLAKY)
+            .when(PaymentCommand::Capture)
             .then_expect_events(vec![captured()]);
         assert_eq!(sim.capture_calls(order_id()), 3);
     }
@@ -396,7 +453,7 @@ mod tests {
     fn capture_before_the_request_is_refused_without_calling_the_provider() {
         let sim = Arc::new(Simulator::new());
         given(&sim, "none")
-            .when(capture(TOKEN_SUCCESS))
+            .when(PaymentCommand::Capture)
             .then_expect_error(PaymentError::NotRequested);
         assert_eq!(sim.capture_calls(order_id()), 0);
     }
@@ -406,7 +463,7 @@ mod tests {
         for name in ["captured", "declined", "refunded", "voided"] {
             let sim = Arc::new(Simulator::new());
             let events = given(&sim, name)
-                .when(capture(TOKEN_SUCCESS))
+                .when(PaymentCommand::Capture)
                 .inspect_result();
             assert_eq!(events, Ok(vec![]), "capture after {name}");
             assert_eq!(
@@ -493,6 +550,11 @@ mod tests {
     fn errors_have_stable_codes_and_only_provider_errors_are_transient() {
         for (error, code, transient) in [
             (PaymentError::InvalidAmount(eur(0)), "invalid_amount", false),
+            (
+                PaymentError::InvalidPaymentToken,
+                "invalid_payment_token",
+                false,
+            ),
             (PaymentError::NotRequested, "not_requested", false),
             (ProviderError::Timeout.into(), "provider_timeout", true),
             (

@@ -2,11 +2,17 @@ use events::values::Money;
 
 use crate::provider::ProviderError;
 
+use super::MAX_PAYMENT_TOKEN_CHARS;
+
 /// Why a payment refused a command.
 #[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
 pub enum PaymentError {
     #[error("the amount to pay must be positive, got {0}")]
     InvalidAmount(Money),
+    #[error(
+        "the payment token must not be blank nor longer than {MAX_PAYMENT_TOKEN_CHARS} characters"
+    )]
+    InvalidPaymentToken,
     #[error("no payment was requested for this order")]
     NotRequested,
     /// The provider gave no answer. Transient: the consumer retries later; the provider's
@@ -20,6 +26,7 @@ impl PaymentError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::InvalidAmount(_) => "invalid_amount",
+            Self::InvalidPaymentToken => "invalid_payment_token",
             Self::NotRequested => "not_requested",
             Self::Provider(ProviderError::Timeout) => "provider_timeout",
             Self::Provider(ProviderError::Unavailable(_)) => "provider_unavailable",

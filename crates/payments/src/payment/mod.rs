@@ -4,6 +4,6 @@ mod aggregate;
 mod commands;
 mod error;
 
-pub use aggregate::{Payment, PaymentStatus};
+pub use aggregate::{MAX_PAYMENT_TOKEN_CHARS, Payment, PaymentStatus};
 pub use commands::PaymentCommand;
 pub use error::PaymentError;
