@@ -128,6 +128,18 @@ pub trait DeadlineHandler: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), String>> + Send;
 }
 
+/// A handler shared with other tasks (the same reactions serve consumers and a ticker).
+impl<H: DeadlineHandler> DeadlineHandler for std::sync::Arc<H> {
+    fn fire(
+        &self,
+        uow: &mut UnitOfWork,
+        deadline: &Deadline,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), String>> + Send {
+        (**self).fire(uow, deadline, now)
+    }
+}
+
 /// Fires the due deadlines of one kind.
 #[derive(Debug)]
 pub struct Ticker<H> {

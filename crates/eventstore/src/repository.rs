@@ -134,15 +134,7 @@ where
         metadata: &Metadata,
     ) -> Result<Vec<A::Event>, CommandError<A::Error>> {
         check_token("aggregate id", id)?;
-        let (mut state, version) = match uow.staged(A::TYPE, id) {
-            Some(staged) => {
-                let staged = staged
-                    .downcast_ref::<StagedAggregate<A>>()
-                    .ok_or(StoreError::Conflict)?;
-                (staged.state.clone(), staged.version)
-            }
-            None => self.load(id).await?,
-        };
+        let (mut state, version) = self.current(uow, id).await?;
 
         let sink = EventSink::default();
         state
@@ -177,6 +169,19 @@ where
         };
         uow.stage(A::TYPE, id, rows, Box::new(staged));
         Ok(events)
+    }
+
+    /// The aggregate as `uow` would leave it (its staged state), or else as committed.
+    pub async fn current(&self, uow: &UnitOfWork, id: &str) -> Result<(A, u64), StoreError> {
+        match uow.staged(A::TYPE, id) {
+            Some(staged) => {
+                let staged = staged
+                    .downcast_ref::<StagedAggregate<A>>()
+                    .ok_or(StoreError::Conflict)?;
+                Ok((staged.state.clone(), staged.version))
+            }
+            None => self.load(id).await,
+        }
     }
 
     /// The aggregate as committed, with its version: from the cache, or from the store (and

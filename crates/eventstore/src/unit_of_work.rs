@@ -29,7 +29,7 @@ pub(crate) struct NewEvent {
 }
 
 /// An aggregate changed by this unit of work, not yet committed.
-pub(crate) trait Staged: Send {
+pub(crate) trait Staged: Send + Sync {
     fn as_any(&self) -> &dyn Any;
     /// Called once the commit is decided: publish the new state, or forget the stale one.
     fn settle(self: Box<Self>, committed: bool);
