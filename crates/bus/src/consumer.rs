@@ -65,6 +65,17 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 }
 
+/// A handler shared by several consumers (a context reacting to several streams).
+impl<H: Handler> Handler for std::sync::Arc<H> {
+    fn handle(
+        &self,
+        uow: &mut UnitOfWork,
+        message: &Received,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        (**self).handle(uow, message)
+    }
+}
+
 /// Delay before redelivering a message that failed transiently: doubles per attempt.
 #[derive(Debug, Clone, Copy)]
 pub struct Backoff {
