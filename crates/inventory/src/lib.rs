@@ -8,15 +8,18 @@
 //!   (reserved until a deadline, or rejected with its shortages) and what became of the
 //!   reservation (released or committed). It names the stock items a compensation must touch.
 //!
-//! The service around these aggregates reacts to `OrderPlaced` (reserve every line, all or
+//! Inventory reacts to `OrderPlaced` (reserve every line, all or
 //! nothing), `OrderCancelled` and `PaymentDeclined` (release), `ShipmentDispatched` (commit)
 //! and to the reservation deadline's ticker (expire). Every reaction is idempotent: the same
 //! command delivered twice succeeds the second time with no events.
 //!
-//! This crate holds the domain only: no I/O, no clock (time arrives in commands), no storage.
+//! The aggregates hold the domain only: no I/O, no clock (time arrives in commands). The
+//! [`reactions`] module is the application layer around them: it turns other contexts' events
+//! and the reservation deadline into commands, in units of work of inventory's store.
 
 pub mod allocation;
 pub mod product;
+pub mod reactions;
 pub mod stock;
 
 pub use allocation::{Allocation, AllocationCommand, AllocationError, AllocationStatus};

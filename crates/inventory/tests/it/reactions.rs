@@ -1,0 +1,372 @@
+use std::sync::Arc;
+
+use bus::{Handler, Received};
+use chrono::{Duration, Utc};
+use events::inventory::{AllocationEvent, ReleaseReason};
+use events::ordering::{Address, OrderCancelled, OrderEvent, OrderLine, OrderPlaced};
+use events::payments::{PaymentDeclined, PaymentEvent};
+use events::shipping::{ShipmentDispatched, ShipmentEvent};
+use events::values::{Currency, CustomerId, Money, OrderId, Quantity, Sku};
+use events::{Event, Metadata};
+use eventstore::{Repository, Store, Ticker, UnitOfWork};
+use harness::TestDatabase;
+use inventory::reactions::{RESERVATION_EXPIRY, Reactions};
+use inventory::{Allocation, AllocationStatus, StockCommand, StockItem};
+
+struct Setup {
+    store: Store,
+    reactions: Arc<Reactions>,
+    _db: TestDatabase,
+}
+
+impl Setup {
+    async fn new() -> Self {
+        let db = TestDatabase::create().await.unwrap();
+        let store = Store::from_pool(db.pool(10).await.unwrap());
+        store.migrate().await.unwrap();
+        let reactions = Arc::new(Reactions::new(&store, Duration::minutes(15)));
+        Self {
+            store,
+            reactions,
+            _db: db,
+        }
+    }
+
+    async fn receive(&self, sku: &str, quantity: u32) {
+        let stock = Repository::<StockItem>::new(self.store.clone(), ());
+        let command = StockCommand::Receive {
+            sku: sku.parse().unwrap(),
+            quantity: Quantity::try_from(quantity).unwrap(),
+        };
+        stock
+            .handle(sku, command, &Metadata::default())
+            .await
+            .unwrap();
+    }
+
+    /// Handles the messages in one unit of work, as one consumer batch would.
+    async fn handle(&self, messages: &[Received]) {
+        let mut uow = UnitOfWork::new(&self.store);
+        for message in messages {
+            self.reactions.handle(&mut uow, message).await.unwrap();
+        }
+        uow.commit().await.unwrap();
+    }
+
+    async fn stock(&self, sku: &str) -> StockItem {
+        Repository::<StockItem>::new(self.store.clone(), ())
+            .load(sku)
+            .await
+            .unwrap()
+            .0
+    }
+
+    async fn allocation(&self, order: OrderId) -> Allocation {
+        let allocations = Repository::<Allocation>::new(self.store.clone(), ());
+        allocations.load(&order.to_string()).await.unwrap().0
+    }
+
+    async fn allocation_events(&self, order: OrderId) -> Vec<AllocationEvent> {
+        let stored = self
+            .store
+            .aggregate_events("allocation", &order.to_string(), 0)
+            .await
+            .unwrap();
+        stored
+            .into_iter()
+            .map(|e| e.decode::<AllocationEvent>().unwrap().payload)
+            .collect()
+    }
+
+    /// Every unit received is on hand, reserved or committed.
+    async fn assert_conserved(&self, sku: &str) {
+        let item = self.stock(sku).await;
+        assert_eq!(
+            item.received(),
+            u64::from(item.on_hand()) + item.reserved_total() + item.committed(),
+            "stock of {sku} is not conserved"
+        );
+    }
+}
+
+fn message<E: Event>(event: E, aggregate_id: OrderId) -> Received {
+    Received {
+        subject: format!(
+            "test.{}.{aggregate_id}.{}",
+            E::AGGREGATE_TYPE,
+            event.event_type()
+        ),
+        event_id: uuid::Uuid::now_v7(),
+        event_type: event.event_type().to_owned(),
+        schema_version: event.schema_version(),
+        aggregate_type: E::AGGREGATE_TYPE.to_owned(),
+        aggregate_id: aggregate_id.to_string(),
+        sequence: 1,
+        position: None,
+        occurred_at: None,
+        metadata: Metadata::default(),
+        payload: event.to_payload().to_string().into(),
+        stream_sequence: 1,
+        delivered: 1,
+    }
+}
+
+fn placed(order_id: OrderId, lines: &[(&str, u32)]) -> Received {
+    let eur: Currency = "EUR".parse().unwrap();
+    let lines: Vec<OrderLine> = lines
+        .iter()
+        .map(|(sku, quantity)| OrderLine {
+            sku: sku.parse::<Sku>().unwrap(),
+            quantity: Quantity::try_from(*quantity).unwrap(),
+            unit_price: Money::new(100, eur),
+        })
+        .collect();
+    let event = OrderEvent::from(OrderPlaced {
+        order_id,
+        customer_id: CustomerId::new(),
+        total: Money::new(100 * lines.len() as i64, eur),
+        lines,
+        shipping_address: Address {
+            name: "A".into(),
+            line1: "1 Street".into(),
+            line2: None,
+            city: "Town".into(),
+            postal_code: "1000".into(),
+            country: "NL".into(),
+        },
+        payment_token: "tok_success".into(),
+    });
+    message(event, order_id)
+}
+
+fn cancelled(order_id: OrderId) -> Received {
+    message(
+        OrderEvent::from(OrderCancelled {
+            order_id,
+            reason: None,
+        }),
+        order_id,
+    )
+}
+
+#[tokio::test]
+async fn an_order_whose_lines_are_all_in_stock_reserves_them_all_until_a_deadline() {
+    let s = Setup::new().await;
+    s.receive("APPLE", 5).await;
+    s.receive("PEAR", 2).await;
+    let order = OrderId::new();
+    s.handle(&[placed(order, &[("APPLE", 2), ("PEAR", 2), ("APPLE", 1)])])
+        .await;
+
+    assert_eq!(
+        s.allocation(order).await.status(),
+        AllocationStatus::Reserved
+    );
+    let apple = s.stock("APPLE").await;
+    assert_eq!(
+        (apple.on_hand(), apple.reserved_for(order)),
+        (2, 3),
+        "lines of one SKU add up"
+    );
+    assert_eq!(s.stock("PEAR").await.on_hand(), 0);
+    let deadline = s
+        .store
+        .deadline(RESERVATION_EXPIRY, &order.to_string())
+        .await
+        .unwrap()
+        .unwrap();
+    let expected = Utc::now() + Duration::minutes(15);
+    assert!(
+        (deadline.due_at - expected).num_seconds().abs() < 60,
+        "{deadline:?}"
+    );
+    assert_eq!(
+        Some(deadline.due_at),
+        s.allocation(order).await.expires_at()
+    );
+}
+
+#[tokio::test]
+async fn an_order_with_one_line_short_reserves_nothing_and_says_what_is_short() {
+    let s = Setup::new().await;
+    s.receive("APPLE", 5).await;
+    s.receive("PEAR", 1).await;
+    let order = OrderId::new();
+    s.handle(&[placed(order, &[("APPLE", 1), ("PEAR", 3), ("PLUM", 1)])])
+        .await;
+
+    let events = s.allocation_events(order).await;
+    let [AllocationEvent::StockRejected(rejected)] = events.as_slice() else {
+        panic!("expected one StockRejected, got {events:?}");
+    };
+    let shortages: Vec<(String, u32, u32)> = rejected
+        .shortages
+        .iter()
+        .map(|s| (s.sku.to_string(), s.requested.get(), s.available))
+        .collect();
+    assert_eq!(
+        shortages,
+        vec![("PEAR".into(), 3, 1), ("PLUM".into(), 1, 0)]
+    );
+    assert_eq!(
+        s.stock("APPLE").await.on_hand(),
+        5,
+        "the line in stock was not reserved either"
+    );
+    assert_eq!(s.stock("PEAR").await.on_hand(), 1);
+    assert!(
+        s.store
+            .deadline(RESERVATION_EXPIRY, &order.to_string())
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn cancellation_decline_dispatch_and_expiry_settle_the_reservation() {
+    let s = Setup::new().await;
+    s.receive("APPLE", 10).await;
+    let [cancelled_order, declined_order, shipped_order, unpaid_order] = [
+        OrderId::new(),
+        OrderId::new(),
+        OrderId::new(),
+        OrderId::new(),
+    ];
+    for order in [cancelled_order, declined_order, shipped_order, unpaid_order] {
+        s.handle(&[placed(order, &[("APPLE", 2)])]).await;
+    }
+    assert_eq!(s.stock("APPLE").await.on_hand(), 2);
+
+    s.handle(&[cancelled(cancelled_order)]).await;
+    let declined = PaymentEvent::from(PaymentDeclined {
+        order_id: declined_order,
+        reason: "card declined".into(),
+    });
+    s.handle(&[message(declined, declined_order)]).await;
+    let dispatched = ShipmentEvent::from(ShipmentDispatched {
+        order_id: shipped_order,
+        tracking_number: None,
+    });
+    s.handle(&[message(dispatched, shipped_order)]).await;
+    // The ticker, past the unpaid order's deadline.
+    let ticker = Ticker::new(
+        s.store.clone(),
+        RESERVATION_EXPIRY,
+        Arc::clone(&s.reactions),
+    );
+    let fired = ticker
+        .tick(Utc::now() + Duration::minutes(16))
+        .await
+        .unwrap();
+    assert_eq!(fired, 1, "only the unpaid order's deadline was still there");
+
+    let reason_of = |events: Vec<AllocationEvent>| match events.last() {
+        Some(AllocationEvent::StockReleased(r)) => Some(r.reason.clone()),
+        _ => None,
+    };
+    assert_eq!(
+        reason_of(s.allocation_events(cancelled_order).await),
+        Some(ReleaseReason::OrderCancelled)
+    );
+    assert_eq!(
+        reason_of(s.allocation_events(declined_order).await),
+        Some(ReleaseReason::PaymentDeclined)
+    );
+    assert_eq!(
+        reason_of(s.allocation_events(unpaid_order).await),
+        Some(ReleaseReason::Expired)
+    );
+    assert_eq!(
+        s.allocation(shipped_order).await.status(),
+        AllocationStatus::Committed
+    );
+    let apple = s.stock("APPLE").await;
+    assert_eq!(
+        (apple.on_hand(), apple.reserved_total(), apple.committed()),
+        (8, 0, 2)
+    );
+    s.assert_conserved("APPLE").await;
+    for order in [cancelled_order, declined_order, shipped_order, unpaid_order] {
+        assert!(
+            s.store
+                .deadline(RESERVATION_EXPIRY, &order.to_string())
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+}
+
+#[tokio::test]
+async fn redelivered_reactions_change_nothing_the_second_time() {
+    let s = Setup::new().await;
+    s.receive("APPLE", 3).await;
+    let order = OrderId::new();
+    s.handle(&[placed(order, &[("APPLE", 2)])]).await;
+    s.handle(&[placed(order, &[("APPLE", 2)])]).await;
+    assert_eq!(s.stock("APPLE").await.on_hand(), 1, "reserved once");
+    s.handle(&[cancelled(order)]).await;
+    s.handle(&[cancelled(order)]).await;
+    assert_eq!(s.stock("APPLE").await.on_hand(), 3, "released once");
+    assert_eq!(s.allocation_events(order).await.len(), 2);
+    s.assert_conserved("APPLE").await;
+}
+
+#[tokio::test]
+async fn an_order_placed_and_cancelled_in_one_batch_ends_released() {
+    let s = Setup::new().await;
+    s.receive("APPLE", 3).await;
+    let order = OrderId::new();
+    s.handle(&[placed(order, &[("APPLE", 2)]), cancelled(order)])
+        .await;
+    assert_eq!(
+        s.allocation(order).await.status(),
+        AllocationStatus::Released
+    );
+    assert_eq!(s.stock("APPLE").await.on_hand(), 3);
+    s.assert_conserved("APPLE").await;
+}
+
+#[tokio::test]
+async fn of_many_orders_racing_for_scarce_stock_only_as_many_as_there_are_units_win() {
+    let s = Setup::new().await;
+    s.receive("LAST", 3).await;
+    let orders: Vec<OrderId> = (0..12).map(|_| OrderId::new()).collect();
+    let tasks: Vec<_> = orders
+        .iter()
+        .map(|&order| {
+            let store = s.store.clone();
+            let reactions = Arc::clone(&s.reactions);
+            tokio::spawn(async move {
+                // As a consumer would: rerun the message on a conflict.
+                loop {
+                    let mut uow = UnitOfWork::new(&store);
+                    reactions
+                        .handle(&mut uow, &placed(order, &[("LAST", 1)]))
+                        .await
+                        .unwrap();
+                    match uow.commit().await {
+                        Ok(_) => return,
+                        Err(e) if e.is_conflict() => continue,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let mut reserved = 0;
+    for order in &orders {
+        match s.allocation(*order).await.status() {
+            AllocationStatus::Reserved => reserved += 1,
+            AllocationStatus::Rejected => {}
+            other => panic!("order {order} ended {other:?}"),
+        }
+    }
+    assert_eq!(reserved, 3, "exactly as many orders as units");
+    assert_eq!(s.stock("LAST").await.on_hand(), 0);
+    s.assert_conserved("LAST").await;
+}
