@@ -44,6 +44,8 @@ pub struct OrderPlaced {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderConfirmed {
     pub order_id: OrderId,
+    /// Where the order ships to, as placed: what shipping needs to schedule the shipment.
+    pub shipping_address: Address,
 }
 
 /// Why an order was rejected.

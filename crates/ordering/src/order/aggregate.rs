@@ -128,6 +128,7 @@ impl Order {
             OrderStatus::Placed => Ok(Some(
                 OrderConfirmed {
                     order_id: order.order_id,
+                    shipping_address: order.shipping_address.clone(),
                 }
                 .into(),
             )),
@@ -505,6 +506,7 @@ mod tests {
     fn confirmed() -> OrderEvent {
         OrderConfirmed {
             order_id: order_id(),
+            shipping_address: address(),
         }
         .into()
     }
