@@ -10,12 +10,20 @@
 //!    copies the permanent ones (and those out of attempts) to the dead-letter stream with
 //!    their error before terminating them.
 //!
+//! **Per-aggregate order on retries.** While a message waits for its retry, later messages of
+//! the same aggregate are not handled either: they are naked with the same delay, so that an
+//! aggregate's events are handled in order even when one of them fails for a while (a
+//! cancellation must not overtake the confirmation that failed before it). The instance
+//! remembers the waiting message until it is handled or dead-lettered, or for its retry delay
+//! plus the ack wait, in case another instance took it over.
+//!
 //! A concurrency conflict at commit reruns the batch on fresh state. A database failure naks
 //! the whole batch for later: the messages are not at fault, so they are not dead-lettered.
 //! The loop itself never stops on a message.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -24,6 +32,7 @@ use events::headers;
 use events::naming::{StreamName, dead_letter_subject, durable_name};
 use eventstore::{Store, UnitOfWork};
 use futures::StreamExt;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::message::Received;
@@ -165,6 +174,18 @@ pub struct Consumer<H> {
     js: jetstream::Context,
     spec: ConsumerSpec,
     handler: H,
+    /// Aggregates with a message waiting for its retry: the message's stream sequence, its
+    /// delay, and until when to hold the aggregate's later messages back.
+    waiting: Mutex<HashMap<AggregateKey, Waiting>>,
+}
+
+type AggregateKey = (String, String);
+
+#[derive(Debug, Clone, Copy)]
+struct Waiting {
+    stream_sequence: u64,
+    delay: Duration,
+    until: Instant,
 }
 
 impl<H: Handler> Consumer<H> {
@@ -174,6 +195,7 @@ impl<H: Handler> Consumer<H> {
             js,
             spec,
             handler,
+            waiting: Mutex::default(),
         }
     }
 
@@ -270,12 +292,22 @@ impl<H: Handler> Consumer<H> {
         let ids: Vec<_> = received.iter().map(|(_, r)| r.event_id).collect();
         let handled = self.store.handled(&self.spec.name, &ids).await?;
         let mut seen = HashSet::with_capacity(received.len());
+        let mut waiting = self.waiting_now();
         let mut uow = UnitOfWork::new(&self.store);
         let mut decisions = Vec::with_capacity(received.len());
         for (_, message) in received {
             if handled.contains(&message.event_id) || !seen.insert(message.event_id) {
                 tracing::debug!(consumer = %self.spec.name, event_id = %message.event_id, "duplicate; skipped");
                 decisions.push(Decision::Ack);
+                continue;
+            }
+            let key = (message.aggregate_type.clone(), message.aggregate_id.clone());
+            if let Some(ahead) = waiting.get(&key)
+                && ahead.stream_sequence != message.stream_sequence
+            {
+                tracing::debug!(consumer = %self.spec.name, event_id = %message.event_id,
+                    waiting_for = ahead.stream_sequence, "an earlier message of the aggregate waits; held back");
+                decisions.push(Decision::Retry(ahead.delay));
                 continue;
             }
             let mark = uow.mark();
@@ -289,10 +321,43 @@ impl<H: Handler> Consumer<H> {
                     self.on_failure(message, error)
                 }
             };
+            match decision {
+                Decision::Retry(delay) => {
+                    let until = Instant::now() + delay + self.spec.ack_wait;
+                    let stream_sequence = message.stream_sequence;
+                    waiting.insert(
+                        key,
+                        Waiting {
+                            stream_sequence,
+                            delay,
+                            until,
+                        },
+                    );
+                }
+                _ => {
+                    waiting.remove(&key);
+                }
+            }
             decisions.push(decision);
         }
         uow.commit().await?;
+        *self.lock_waiting() = waiting;
         Ok(decisions)
+    }
+
+    fn lock_waiting(&self) -> std::sync::MutexGuard<'_, HashMap<AggregateKey, Waiting>> {
+        // Replaced whole, never left half-updated: a poisoned map is still consistent.
+        self.waiting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The aggregates still waiting, without those whose hold has run out.
+    fn waiting_now(&self) -> HashMap<AggregateKey, Waiting> {
+        let now = Instant::now();
+        let mut waiting = self.lock_waiting().clone();
+        waiting.retain(|_, w| w.until > now);
+        waiting
     }
 
     fn on_failure(&self, message: &Received, error: HandlerError) -> Decision {

@@ -545,3 +545,41 @@ async fn a_message_redelivered_after_its_effects_committed_has_no_second_effect(
     assert_eq!(running.count("SELECT count(*) FROM inbox").await, 2);
     running.stop().await;
 }
+
+#[tokio::test]
+async fn while_a_message_waits_for_its_retry_the_later_messages_of_its_aggregate_wait_too() {
+    let world = World::new().await;
+    // The deposit fails transiently twice; the withdrawal after it needs the deposit first.
+    deposit(&world, "a", 1, 7).await;
+    let id = Uuid::now_v7();
+    publish(
+        &world,
+        "a",
+        2,
+        Withdrawn { amount: 7 }.into(),
+        id,
+        &id.to_string(),
+    )
+    .await;
+    deposit(&world, "b", 1, 1).await;
+
+    let running = Running::start(&world, spec(&world)).await;
+    drained(&world, "mirror-from-ledger").await;
+    assert_eq!(
+        world.message_count(DEAD_LETTER_STREAM).await,
+        0,
+        "the withdrawal did not overtake the deposit"
+    );
+    assert_eq!(running.balance("a").await, 0);
+    assert_eq!(running.balance("b").await, 1);
+    let types: Vec<String> = running
+        .store
+        .aggregate_events("account", "a", 0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event_type)
+        .collect();
+    assert_eq!(types, vec!["Deposited", "Withdrawn"]);
+    running.stop().await;
+}
