@@ -1,10 +1,17 @@
-//! The shipping context's domain: one `Shipment` per order, which owns the delivery address and
-//! the parcel's status (scheduled, dispatched, delivered or cancelled).
+//! The shipping context: one `Shipment` per order, which owns the delivery address and the
+//! parcel's status (scheduled, dispatched, delivered or cancelled).
 //!
-//! Shipping reacts to `OrderConfirmed` (schedule the shipment) and `OrderCancelled` (cancel it
-//! before dispatch); operators dispatch and deliver. This crate holds the domain only: pure
-//! aggregates, commands and errors, with no I/O (no database, no NATS, no clock).
+//! - [`Shipment`] (`shipment`, one per order, keyed by the order id): pure domain. Its
+//!   aggregate, commands and errors do no I/O (no database, no NATS, no clock).
+//! - [`reactions`]: the application layer around it for the saga. Shipping reacts to ordering's
+//!   `OrderConfirmed` (schedule the shipment, to the address the order carries) and
+//!   `OrderCancelled` (cancel it before dispatch; a cancellation that comes after the dispatch
+//!   is refused and reaches the dead letters), in units of work of shipping's store.
+//! - [`operations`]: the application layer for operators (through the gateway): dispatch and
+//!   deliver a shipment.
 
+pub mod operations;
+pub mod reactions;
 pub mod shipment;
 
 pub use shipment::{Shipment, ShipmentCommand, ShipmentError, ShipmentStatus};
