@@ -1,17 +1,25 @@
 //! The ordering context of Chorus: it owns orders (their lines, totals and status) and prices
 //! them from its own replica of the catalogue, never from the client.
 //!
-//! It reacts to the other contexts' events through policies that send commands to the
-//! [`Order`] aggregate: stock rejected, payment captured or declined, a reservation expired,
-//! shipment dispatched and delivered (see [`OrderCommand`] for which command each one sends).
-//!
-//! This crate holds the domain only: pure `handle` and `apply`, no I/O. Reading the catalogue
-//! is a port ([`Catalogue`]); storing events, consuming and publishing them belong elsewhere.
+//! - [`order`]: the [`Order`] aggregate, the domain. Pure `handle` and `apply`, no I/O: the
+//!   prices of an order arrive in [`OrderCommand::Place`], read beforehand from the replica.
+//! - [`catalogue`]: the [`CatalogueReplica`], a table in ordering's database kept from
+//!   inventory's catalogue events, with ordering's own migrations.
+//! - [`place`]: placing an order, the application service that prices a shopper's request
+//!   from the replica and runs `Place`.
+//! - [`reactions`]: the application layer around the aggregate that makes ordering's part of
+//!   the saga: it keeps the replica, and turns stock rejected or expired, payment captured or
+//!   declined, shipment dispatched and delivered into commands, in units of work of
+//!   ordering's store.
 
+pub mod catalogue;
 pub mod order;
+pub mod place;
+pub mod reactions;
 
+pub use catalogue::{CatalogueReplica, ReplicaError};
 pub use order::{
-    Catalogue, MAX_ADDRESS_FIELD_CHARS, MAX_CANCEL_REASON_CHARS, MAX_LINES,
-    MAX_PAYMENT_TOKEN_CHARS, Order, OrderCommand, OrderError, OrderServices, OrderStatus,
-    RequestedLine,
+    MAX_ADDRESS_FIELD_CHARS, MAX_CANCEL_REASON_CHARS, MAX_LINES, MAX_PAYMENT_TOKEN_CHARS, Order,
+    OrderCommand, OrderError, OrderStatus, RequestedLine,
 };
+pub use place::{PlaceError, PlaceOrder, place_order};

@@ -1,6 +1,6 @@
 //! The `Order` aggregate: its state, its decisions (`handle`) and how events change it (`apply`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use cqrs_es::Aggregate;
 use cqrs_es::event_sink::EventSink;
@@ -8,12 +8,11 @@ use events::ordering::{
     Address, OrderCancelled, OrderConfirmed, OrderDelivered, OrderEvent, OrderLine, OrderPlaced,
     OrderRejected, OrderShipped, RejectionReason,
 };
-use events::values::{CustomerId, Money, OrderId};
+use events::values::{CustomerId, Money, OrderId, Sku};
 use serde::{Deserialize, Serialize};
 
 use super::commands::{OrderCommand, RequestedLine};
 use super::error::OrderError;
-use super::services::{Catalogue, OrderServices};
 
 /// Most lines one order may have.
 pub const MAX_LINES: usize = 50;
@@ -97,12 +96,12 @@ impl Order {
 
     fn place(
         &self,
-        catalogue: &dyn Catalogue,
         order_id: OrderId,
         customer_id: CustomerId,
         lines: Vec<RequestedLine>,
         shipping_address: Address,
         payment_token: String,
+        prices: &HashMap<Sku, Money>,
     ) -> Result<OrderEvent, OrderError> {
         if self.placed.is_some() {
             return Err(OrderError::AlreadyPlaced);
@@ -110,7 +109,7 @@ impl Order {
         check_lines(&lines)?;
         check_address(&shipping_address)?;
         check_payment_token(&payment_token)?;
-        let (lines, total) = price_lines(catalogue, lines)?;
+        let (lines, total) = price_lines(prices, lines)?;
         Ok(OrderPlaced {
             order_id,
             customer_id,
@@ -235,12 +234,14 @@ impl Aggregate for Order {
     type Command = OrderCommand;
     type Event = OrderEvent;
     type Error = OrderError;
-    type Services = OrderServices;
+    /// None: prices arrive in `OrderCommand::Place`, read by the application layer from
+    /// ordering's catalogue replica, so that `handle` stays pure.
+    type Services = ();
 
     async fn handle(
         &mut self,
         command: Self::Command,
-        catalogue: &Self::Services,
+        _services: &Self::Services,
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
         // Decide everything first, then write: a refused command leaves no event behind.
@@ -251,13 +252,14 @@ impl Aggregate for Order {
                 lines,
                 shipping_address,
                 payment_token,
+                prices,
             } => Some(self.place(
-                catalogue.as_ref(),
                 order_id,
                 customer_id,
                 lines,
                 shipping_address,
                 payment_token,
+                &prices,
             )?),
             OrderCommand::Confirm => self.confirm()?,
             OrderCommand::Reject { reason, detail } => self.reject(reason, detail)?,
@@ -357,16 +359,17 @@ fn longer_than(value: &str, max_chars: usize) -> bool {
     value.chars().count() > max_chars
 }
 
-/// Prices each line from the catalogue and sums them. Errors come in a fixed precedence
-/// (unknown SKU, then mixed currencies, then overflow), whatever the order of the lines.
+/// Prices each line from the catalogue's prices and sums them. Errors come in a fixed
+/// precedence (unknown SKU, then mixed currencies, then overflow), whatever the order of the
+/// lines.
 fn price_lines(
-    catalogue: &dyn Catalogue,
+    prices: &HashMap<Sku, Money>,
     requested: Vec<RequestedLine>,
 ) -> Result<(Vec<OrderLine>, Money), OrderError> {
     let lines = requested
         .into_iter()
         .map(
-            |RequestedLine { sku, quantity }| match catalogue.price(&sku) {
+            |RequestedLine { sku, quantity }| match prices.get(&sku).copied() {
                 Some(unit_price) => Ok(OrderLine {
                     sku,
                     quantity,
@@ -398,22 +401,10 @@ fn price_lines(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-    use std::sync::Arc;
-
     use cqrs_es::test::TestFramework;
-    use events::values::{Currency, Quantity, Sku};
+    use events::values::{Currency, Quantity};
 
     use super::*;
-
-    /// The in-memory test double of ordering's catalogue replica.
-    struct FakeCatalogue(HashMap<Sku, Money>);
-
-    impl Catalogue for FakeCatalogue {
-        fn price(&self, sku: &Sku) -> Option<Money> {
-            self.0.get(sku).copied()
-        }
-    }
 
     fn eur(amount_minor: i64) -> Money {
         Money::new(amount_minor, "EUR".parse::<Currency>().unwrap())
@@ -434,9 +425,10 @@ mod tests {
         }
     }
 
-    /// MUG and BOOK in EUR, CAP in USD, GOLD at the largest price there is, and SKU-00 to
-    /// SKU-49 at 1.00 EUR each (enough for a full order).
-    fn catalogue() -> OrderServices {
+    /// The prices the application layer would read from the replica: MUG and BOOK in EUR, CAP
+    /// in USD, GOLD at the largest price there is, and SKU-00 to SKU-49 at 1.00 EUR each
+    /// (enough for a full order). More than any one order asks for: extra entries are ignored.
+    fn catalogue() -> HashMap<Sku, Money> {
         let mut prices = HashMap::from([
             (sku("MUG"), eur(250)),
             (sku("BOOK"), eur(1000)),
@@ -446,7 +438,7 @@ mod tests {
         for i in 0..MAX_LINES {
             prices.insert(sku(&format!("SKU-{i:02}")), eur(100));
         }
-        Arc::new(FakeCatalogue(prices))
+        prices
     }
 
     fn order_id() -> OrderId {
@@ -473,12 +465,22 @@ mod tests {
     }
 
     fn place_with(lines: Vec<RequestedLine>, address: Address, token: &str) -> OrderCommand {
+        place_priced(lines, address, token, catalogue())
+    }
+
+    fn place_priced(
+        lines: Vec<RequestedLine>,
+        address: Address,
+        token: &str,
+        prices: HashMap<Sku, Money>,
+    ) -> OrderCommand {
         OrderCommand::Place {
             order_id: order_id(),
             customer_id: customer_id(),
             lines,
             shipping_address: address,
             payment_token: token.into(),
+            prices,
         }
     }
 
@@ -565,7 +567,7 @@ mod tests {
     }
 
     fn run(given: Vec<OrderEvent>, command: OrderCommand) -> Result<Vec<OrderEvent>, OrderError> {
-        TestFramework::<Order>::with(catalogue())
+        TestFramework::<Order>::with(())
             .given(given)
             .when(command)
             .inspect_result()
@@ -597,11 +599,47 @@ mod tests {
 
     #[test]
     fn placing_prices_each_line_from_the_catalogue_and_sums_the_total() {
-        // 2 × 2.50 + 1 × 10.00 = 15.00 EUR; the command carries no price at all.
-        TestFramework::<Order>::with(catalogue())
+        // 2 × 2.50 + 1 × 10.00 = 15.00 EUR; the lines carry no price at all.
+        TestFramework::<Order>::with(())
             .given_no_previous_events()
             .when(place(vec![line("MUG", 2), line("BOOK", 1)]))
             .then_expect_events(vec![placed()]);
+    }
+
+    #[test]
+    fn placing_uses_exactly_the_prices_it_is_given() {
+        // The catalogue repriced MUG: the same request is priced anew.
+        let prices = HashMap::from([(sku("MUG"), eur(300)), (sku("BOOK"), eur(1000))]);
+        let events = run(
+            vec![],
+            place_priced(
+                vec![line("MUG", 2), line("BOOK", 1)],
+                address(),
+                "tok_success",
+                prices,
+            ),
+        )
+        .unwrap();
+        let [OrderEvent::OrderPlaced(placed)] = events.as_slice() else {
+            panic!("expected one OrderPlaced, got {events:?}");
+        };
+        assert_eq!(
+            placed.lines,
+            [priced("MUG", 2, eur(300)), priced("BOOK", 1, eur(1000))]
+        );
+        assert_eq!(placed.total, eur(1600));
+
+        // No prices at all: the first line's SKU is unknown.
+        let events = run(
+            vec![],
+            place_priced(
+                vec![line("MUG", 1), line("BOOK", 1)],
+                address(),
+                "tok_success",
+                HashMap::new(),
+            ),
+        );
+        assert_eq!(events, Err(OrderError::UnknownSku(sku("MUG"))));
     }
 
     #[test]
@@ -871,7 +909,7 @@ mod tests {
 
     #[test]
     fn confirming_a_placed_order() {
-        TestFramework::<Order>::with(catalogue())
+        TestFramework::<Order>::with(())
             .given(vec![placed()])
             .when(OrderCommand::Confirm)
             .then_expect_events(vec![confirmed()]);
@@ -897,7 +935,7 @@ mod tests {
 
     #[test]
     fn rejecting_a_placed_order_keeps_the_reason() {
-        TestFramework::<Order>::with(catalogue())
+        TestFramework::<Order>::with(())
             .given(vec![placed()])
             .when(OrderCommand::Reject {
                 reason: RejectionReason::PaymentTimedOut,
@@ -949,13 +987,13 @@ mod tests {
 
     #[test]
     fn cancelling_without_a_reason_or_with_the_longest_one() {
-        TestFramework::<Order>::with(catalogue())
+        TestFramework::<Order>::with(())
             .given(vec![placed()])
             .when(OrderCommand::Cancel { reason: None })
             .then_expect_events(vec![cancelled(None)]);
 
         let longest = "é".repeat(MAX_CANCEL_REASON_CHARS);
-        TestFramework::<Order>::with(catalogue())
+        TestFramework::<Order>::with(())
             .given(vec![placed(), confirmed()])
             .when(OrderCommand::Cancel {
                 reason: Some(longest.clone()),
@@ -965,7 +1003,7 @@ mod tests {
 
     #[test]
     fn cancelling_with_a_reason_too_long_is_refused() {
-        TestFramework::<Order>::with(catalogue())
+        TestFramework::<Order>::with(())
             .given(vec![placed()])
             .when(OrderCommand::Cancel {
                 reason: Some("x".repeat(MAX_CANCEL_REASON_CHARS + 1)),
@@ -989,7 +1027,7 @@ mod tests {
 
     #[test]
     fn a_dispatch_racing_a_cancellation_is_a_visible_conflict() {
-        TestFramework::<Order>::with(catalogue())
+        TestFramework::<Order>::with(())
             .given(vec![placed(), confirmed(), cancelled(None)])
             .when(OrderCommand::MarkShipped)
             .then_expect_error(OrderError::AlreadyCancelled);

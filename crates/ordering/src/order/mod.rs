@@ -3,7 +3,6 @@
 mod aggregate;
 mod commands;
 mod error;
-mod services;
 
 pub use aggregate::{
     MAX_ADDRESS_FIELD_CHARS, MAX_CANCEL_REASON_CHARS, MAX_LINES, MAX_PAYMENT_TOKEN_CHARS, Order,
@@ -11,4 +10,3 @@ pub use aggregate::{
 };
 pub use commands::{OrderCommand, RequestedLine};
 pub use error::OrderError;
-pub use services::{Catalogue, OrderServices};

@@ -1,0 +1,254 @@
+//! How ordering reacts to the other contexts' events.
+//!
+//! | source | event | reaction | resulting events |
+//! |---|---|---|---|
+//! | inventory | `ProductDefined` | the catalogue replica: a new row | none |
+//! | inventory | `ProductRepriced` | the catalogue replica: the new price | none |
+//! | inventory | `StockRejected` | `Reject { OutOfStock }`, the short SKUs in the detail | `OrderRejected` |
+//! | inventory | `StockReleased { Expired }` | `Reject { PaymentTimedOut }` | `OrderRejected` |
+//! | inventory | `StockReleased`, other reasons | nothing: they follow a cancellation or a decline, which ordering already knows | none |
+//! | payments | `PaymentDeclined` | `Reject { PaymentDeclined }`, the provider's reason in the detail | `OrderRejected` |
+//! | payments | `PaymentCaptured` | `Confirm` | `OrderConfirmed` |
+//! | shipping | `ShipmentDispatched` | `MarkShipped` | `OrderShipped` |
+//! | shipping | `ShipmentDelivered` | `MarkDelivered` | `OrderDelivered` |
+//!
+//! Every reaction is idempotent: the aggregate succeeds with no events when a command is
+//! already satisfied, and the replica only moves forward by version. The replica is written
+//! by a plain statement outside the unit of work ([`CatalogueReplica::apply`]): a
+//! redelivered message, or a batch run again after a conflict, writes nothing new.
+//!
+//! Failures: a command the aggregate refuses is permanent (the message is dead-lettered,
+//! visible, for an operator), except a delivery reported before its dispatch
+//! (`NotShipped`), which is transient: the dispatch may still be on its way, as a message
+//! that failed and waits for its redelivery is overtaken by the ones behind it. Likewise a
+//! reprice that arrives before its product's definition is retried. Conflicts and database
+//! failures are transient.
+
+use bus::{ConsumerSpec, Handler, HandlerError, Received};
+use events::inventory::{AllocationEvent, ProductEvent, ReleaseReason, Shortage};
+use events::naming::StreamName;
+use events::ordering::RejectionReason;
+use events::payments::PaymentEvent;
+use events::shipping::ShipmentEvent;
+use events::values::{Money, OrderId, Sku};
+use events::{BoundedContext, Metadata};
+use eventstore::{CommandError, Repository, Store, UnitOfWork};
+
+use crate::catalogue::{Applied, CatalogueReplica, ReplicaError};
+use crate::{Order, OrderCommand, OrderError};
+
+/// The durable consumers ordering reacts through, with their filters:
+/// `ordering-from-inventory`, `ordering-from-payments` and `ordering-from-shipping`.
+pub fn consumers() -> Vec<ConsumerSpec> {
+    let inventory = BoundedContext::Inventory.stream();
+    let payments = BoundedContext::Payments.stream();
+    let shipping = BoundedContext::Shipping.stream();
+    vec![
+        consumer(
+            &inventory,
+            &[
+                ("product", "ProductDefined"),
+                ("product", "ProductRepriced"),
+                ("allocation", "StockRejected"),
+                ("allocation", "StockReleased"),
+            ],
+        ),
+        consumer(
+            &payments,
+            &[
+                ("payment", "PaymentDeclined"),
+                ("payment", "PaymentCaptured"),
+            ],
+        ),
+        consumer(
+            &shipping,
+            &[
+                ("shipment", "ShipmentDispatched"),
+                ("shipment", "ShipmentDelivered"),
+            ],
+        ),
+    ]
+}
+
+/// The consumer of `stream`, filtered to the `(aggregate type, event type)` pairs.
+fn consumer(stream: &StreamName, events: &[(&str, &str)]) -> ConsumerSpec {
+    events.iter().fold(
+        ConsumerSpec::new(BoundedContext::Ordering.name(), stream.clone()),
+        |spec, (aggregate_type, event_type)| {
+            spec.filter(stream.event_type_filter(aggregate_type, event_type))
+        },
+    )
+}
+
+/// Ordering's reactions: orders in ordering's store, and the catalogue replica.
+#[derive(Debug)]
+pub struct Reactions {
+    orders: Repository<Order>,
+    catalogue: CatalogueReplica,
+}
+
+impl Reactions {
+    pub fn new(store: &Store, catalogue: CatalogueReplica) -> Self {
+        Self {
+            orders: Repository::new(store.clone(), ()),
+            catalogue,
+        }
+    }
+
+    /// The repository the reactions run commands through; a service can run its own commands
+    /// (placing, cancelling) through it too, and share its cache.
+    pub fn orders(&self) -> &Repository<Order> {
+        &self.orders
+    }
+
+    pub fn catalogue(&self) -> &CatalogueReplica {
+        &self.catalogue
+    }
+
+    async fn replicate(
+        &self,
+        sku: &Sku,
+        name: Option<&str>,
+        price: Money,
+        version: u64,
+    ) -> Result<(), HandlerError> {
+        match self.catalogue.apply(sku, name, price, version).await {
+            Ok(Applied::Written) => {
+                tracing::debug!(%sku, %price, version, "catalogue replica updated");
+                Ok(())
+            }
+            Ok(Applied::AlreadyCurrent) => {
+                tracing::debug!(%sku, version, "catalogue replica already current");
+                Ok(())
+            }
+            Ok(Applied::Undefined) => Err(HandlerError::transient(format!(
+                "SKU {sku} repriced (version {version}) before the replica received its \
+                 definition; retrying until the definition arrives"
+            ))),
+            Err(e @ ReplicaError::InvalidVersion(_)) => Err(HandlerError::permanent(e)),
+            Err(e) => Err(HandlerError::transient(e)),
+        }
+    }
+
+    async fn execute(
+        &self,
+        uow: &mut UnitOfWork,
+        order_id: OrderId,
+        command: OrderCommand,
+        metadata: &Metadata,
+    ) -> Result<(), HandlerError> {
+        self.orders
+            .execute(uow, &order_id.to_string(), command, metadata)
+            .await
+            .map(drop)
+            .map_err(failure)
+    }
+
+    async fn reject(
+        &self,
+        uow: &mut UnitOfWork,
+        order_id: OrderId,
+        reason: RejectionReason,
+        detail: String,
+        metadata: &Metadata,
+    ) -> Result<(), HandlerError> {
+        let command = OrderCommand::Reject { reason, detail };
+        self.execute(uow, order_id, command, metadata).await
+    }
+}
+
+/// What the shopper reads about a stock rejection: each short SKU, asked for and available.
+pub fn out_of_stock_detail(shortages: &[Shortage]) -> String {
+    if shortages.is_empty() {
+        return "out of stock".to_owned();
+    }
+    let short: Vec<String> = shortages
+        .iter()
+        .map(|s| {
+            format!(
+                "{}: {} requested, {} available",
+                s.sku,
+                s.requested.get(),
+                s.available
+            )
+        })
+        .collect();
+    format!("out of stock: {}", short.join("; "))
+}
+
+/// The detail of an order rejected because its reservation expired unpaid.
+pub const PAYMENT_TIMED_OUT_DETAIL: &str =
+    "the payment was not captured before the stock reservation expired";
+
+/// A refusal by the aggregate is permanent, except a delivery before its dispatch (see the
+/// module doc); a conflict or a database failure is transient.
+fn failure(error: CommandError<OrderError>) -> HandlerError {
+    match error {
+        CommandError::Rejected(e @ OrderError::NotShipped) => HandlerError::transient(e),
+        CommandError::Rejected(e) => HandlerError::permanent(e),
+        CommandError::InvalidId(e) => HandlerError::permanent(e),
+        other => HandlerError::transient(other),
+    }
+}
+
+impl Handler for Reactions {
+    async fn handle(&self, uow: &mut UnitOfWork, message: &Received) -> Result<(), HandlerError> {
+        let metadata = message.caused_metadata();
+        match message.aggregate_type.as_str() {
+            // The version of a product event is its sequence in the product's stream.
+            "product" => match message.decode::<ProductEvent>()? {
+                ProductEvent::ProductDefined(d) => {
+                    let name = Some(d.name.as_str());
+                    self.replicate(&d.sku, name, d.price, message.sequence)
+                        .await
+                }
+                ProductEvent::ProductRepriced(r) => {
+                    self.replicate(&r.sku, None, r.price, message.sequence)
+                        .await
+                }
+            },
+            "allocation" => match message.decode::<AllocationEvent>()? {
+                AllocationEvent::StockRejected(r) => {
+                    let detail = out_of_stock_detail(&r.shortages);
+                    let reason = RejectionReason::OutOfStock;
+                    self.reject(uow, r.order_id, reason, detail, &metadata)
+                        .await
+                }
+                AllocationEvent::StockReleased(r) if r.reason == ReleaseReason::Expired => {
+                    let detail = PAYMENT_TIMED_OUT_DETAIL.to_owned();
+                    let reason = RejectionReason::PaymentTimedOut;
+                    self.reject(uow, r.order_id, reason, detail, &metadata)
+                        .await
+                }
+                // Released because the order was cancelled or its payment declined: ordering
+                // knows already. Reserved and committed stock change nothing here.
+                _ => Ok(()),
+            },
+            "payment" => match message.decode::<PaymentEvent>()? {
+                PaymentEvent::PaymentDeclined(d) => {
+                    let reason = RejectionReason::PaymentDeclined;
+                    self.reject(uow, d.order_id, reason, d.reason, &metadata)
+                        .await
+                }
+                PaymentEvent::PaymentCaptured(c) => {
+                    self.execute(uow, c.order_id, OrderCommand::Confirm, &metadata)
+                        .await
+                }
+                _ => Ok(()),
+            },
+            "shipment" => match message.decode::<ShipmentEvent>()? {
+                ShipmentEvent::ShipmentDispatched(d) => {
+                    self.execute(uow, d.order_id, OrderCommand::MarkShipped, &metadata)
+                        .await
+                }
+                ShipmentEvent::ShipmentDelivered(d) => {
+                    self.execute(uow, d.order_id, OrderCommand::MarkDelivered, &metadata)
+                        .await
+                }
+                _ => Ok(()),
+            },
+            // Not an event ordering reacts to: the consumers' filters keep these away.
+            _ => Ok(()),
+        }
+    }
+}

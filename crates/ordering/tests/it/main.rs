@@ -1,0 +1,11 @@
+//! Ordering's application layer against a real PostgreSQL (a database per test): the
+//! catalogue replica, placing orders, and the reactions, with messages built as the consumer
+//! runtime hands them over.
+
+// A test fails by panicking; helpers unwrap like the tests do.
+#![allow(clippy::unwrap_used)]
+
+mod catalogue;
+mod place;
+mod reactions;
+mod support;
