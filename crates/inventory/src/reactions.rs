@@ -4,6 +4,8 @@
 //!   stock item records its reservation and the allocation records `StockReserved` with a
 //!   deadline, or nothing is reserved and the allocation records `StockRejected` with the
 //!   shortages.
+//! - `PaymentCaptured`: the reservation is paid for; its expiry deadline is dropped (the
+//!   reservation stays until dispatch or cancellation).
 //! - `OrderCancelled`, `PaymentDeclined`: release the reservation (a compensation).
 //! - `ShipmentDispatched`: the reservation becomes committed stock.
 //! - The reservation deadline: an unpaid reservation expires and is released.
@@ -24,7 +26,7 @@ use events::values::{OrderId, Quantity, Sku};
 use events::{BoundedContext, Metadata};
 use eventstore::{CommandError, Deadline, DeadlineHandler, Repository, Store, UnitOfWork};
 
-use crate::{Allocation, AllocationCommand, StockCommand, StockError, StockItem};
+use crate::{Allocation, AllocationCommand, AllocationStatus, StockCommand, StockError, StockItem};
 
 /// The deadline kind of an unpaid reservation; its key is the order id.
 pub const RESERVATION_EXPIRY: &str = "reservation-expiry";
@@ -36,7 +38,11 @@ pub fn consumers() -> Vec<ConsumerSpec> {
     let shipping = BoundedContext::Shipping.stream();
     vec![
         consumer(&ordering, "order", &["OrderPlaced", "OrderCancelled"]),
-        consumer(&payments, "payment", &["PaymentDeclined"]),
+        consumer(
+            &payments,
+            "payment",
+            &["PaymentCaptured", "PaymentDeclined"],
+        ),
         consumer(&shipping, "shipment", &["ShipmentDispatched"]),
     ]
 }
@@ -168,6 +174,21 @@ impl Reactions {
         Ok(())
     }
 
+    /// A paid reservation no longer expires. One that expired before the payment arrived stays
+    /// released: ordering rejects the order and payments refunds it.
+    async fn paid(&self, uow: &mut UnitOfWork, order_id: OrderId) -> Result<(), HandlerError> {
+        let id = order_id.to_string();
+        let (allocation, _) = self
+            .allocations
+            .current(uow, &id)
+            .await
+            .map_err(HandlerError::transient)?;
+        if allocation.status() == AllocationStatus::Reserved {
+            uow.cancel_deadline(RESERVATION_EXPIRY, &id);
+        }
+        Ok(())
+    }
+
     async fn release(
         &self,
         uow: &mut UnitOfWork,
@@ -204,6 +225,7 @@ impl Handler for Reactions {
                 _ => Ok(()),
             },
             "payment" => match message.decode::<PaymentEvent>()? {
+                PaymentEvent::PaymentCaptured(c) => self.paid(uow, c.order_id).await,
                 PaymentEvent::PaymentDeclined(d) => {
                     let reason = ReleaseReason::PaymentDeclined;
                     self.release(uow, d.order_id, reason, &metadata).await

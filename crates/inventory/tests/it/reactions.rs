@@ -370,3 +370,39 @@ async fn of_many_orders_racing_for_scarce_stock_only_as_many_as_there_are_units_
     assert_eq!(s.stock("LAST").await.on_hand(), 0);
     s.assert_conserved("LAST").await;
 }
+
+#[tokio::test]
+async fn a_paid_reservation_no_longer_expires() {
+    let s = Setup::new().await;
+    s.receive("APPLE", 2).await;
+    let order = OrderId::new();
+    s.handle(&[placed(order, &[("APPLE", 2)])]).await;
+    let captured = PaymentEvent::from(events::payments::PaymentCaptured {
+        order_id: order,
+        amount: Money::new(200, "EUR".parse().unwrap()),
+        provider_reference: "ref".into(),
+    });
+    s.handle(&[message(captured, order)]).await;
+    assert!(
+        s.store
+            .deadline(RESERVATION_EXPIRY, &order.to_string())
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let ticker = Ticker::new(
+        s.store.clone(),
+        RESERVATION_EXPIRY,
+        Arc::clone(&s.reactions),
+    );
+    assert_eq!(
+        ticker.tick(Utc::now() + Duration::hours(1)).await.unwrap(),
+        0
+    );
+    assert_eq!(
+        s.allocation(order).await.status(),
+        AllocationStatus::Reserved
+    );
+    assert_eq!(s.stock("APPLE").await.reserved_for(order), 2);
+}
