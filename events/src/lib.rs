@@ -10,6 +10,7 @@
 //! This crate must not do I/O, depend on any other Chorus crate, or hold domain logic: it
 //! describes facts, it does not decide them.
 
+pub mod command;
 pub mod envelope;
 pub mod inventory;
 pub mod naming;

@@ -1,0 +1,295 @@
+//! Runs one bounded context as a service process.
+//!
+//! A [`Host`] owns what every context needs: its event store (migrated at start), a NATS
+//! connection (refusing servers older than 2.12), the provisioned streams, and its outbox
+//! relay. The context adds its reactions ([`Host::react`]), its deadline tickers
+//! ([`Host::tick`]) and its command endpoints ([`Host::serve`], a NATS service with one endpoint
+//! per command in queue group `chorus`). [`Host::run`] then runs until told to stop or until a
+//! task fails, and stops in order: no new work, the batch in hand finished and acked.
+//!
+//! The host holds no domain logic; the context's crate does.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::service::ServiceExt;
+use bus::{Consumer, ConsumerSpec, Handler, Relay};
+use events::command::{CommandReply, QUEUE_GROUP, command_subject};
+use events::{BoundedContext, Metadata, headers};
+use eventstore::{DeadlineHandler, Store, Ticker};
+use futures::StreamExt;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// A context's settings, read once from the environment.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub context: BoundedContext,
+    /// `<CONTEXT>_DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/chorus_<context>`.
+    pub database_url: String,
+    /// `NATS_URL`, default `nats://127.0.0.1:4222`.
+    pub nats_url: String,
+    /// `<CONTEXT>_DATABASE_CONNECTIONS`, default 8.
+    pub database_connections: u32,
+}
+
+impl Settings {
+    pub fn from_env(context: BoundedContext) -> anyhow::Result<Self> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let prefix = context.name().to_uppercase();
+        let connections_var = format!("{prefix}_DATABASE_CONNECTIONS");
+        let database_connections = match var(&connections_var) {
+            None => 8,
+            Some(n) => n
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n > 0)
+                .with_context(|| format!("{connections_var}={n:?} is not a positive number"))?,
+        };
+        Ok(Self {
+            context,
+            database_url: var(&format!("{prefix}_DATABASE_URL")).unwrap_or_else(|| {
+                format!(
+                    "postgres://postgres@127.0.0.1:5432/chorus_{}",
+                    context.name()
+                )
+            }),
+            nats_url: var("NATS_URL").unwrap_or_else(|| "nats://127.0.0.1:4222".to_owned()),
+            database_connections,
+        })
+    }
+}
+
+/// A context's commands, answered over NATS request/reply.
+pub trait Commands: Send + Sync + 'static {
+    /// The command names, each an endpoint `chorus.<context>.<name>`.
+    fn names(&self) -> &'static [&'static str];
+
+    /// Runs the command `name` with its JSON `body`. A body that does not parse is answered
+    /// with a rejection naming the field, never dropped.
+    fn run(
+        &self,
+        name: &str,
+        body: &[u8],
+        metadata: Metadata,
+    ) -> impl Future<Output = CommandReply> + Send;
+}
+
+/// One context's service process.
+#[derive(Debug)]
+pub struct Host {
+    context: BoundedContext,
+    store: Store,
+    client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+    shutdown: CancellationToken,
+    tasks: JoinSet<(String, anyhow::Result<()>)>,
+}
+
+impl Host {
+    /// Connects, migrates the store, provisions the streams and starts the relay.
+    pub async fn start(settings: &Settings) -> anyhow::Result<Self> {
+        let context = settings.context;
+        let store = Store::connect(&settings.database_url, settings.database_connections)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot open the {context} event store ({}_DATABASE_URL)",
+                    context.name().to_uppercase()
+                )
+            })?;
+        store
+            .migrate()
+            .await
+            .with_context(|| format!("cannot migrate the {context} event store"))?;
+        let client = bus::connect(&settings.nats_url, context.name())
+            .await
+            .context("NATS_URL")?;
+        let js = async_nats::jetstream::new(client.clone());
+        let streams: Vec<_> = BoundedContext::ALL.iter().map(|c| c.stream()).collect();
+        bus::provision::streams(&js, &streams, 1).await?;
+
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let relay = Relay::new(store.clone(), js.clone(), context.stream());
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            relay.run(token).await;
+            ("relay".to_owned(), Ok(()))
+        });
+        Ok(Self {
+            context,
+            store,
+            client,
+            js,
+            shutdown,
+            tasks,
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// Cancelling it stops the host, as a signal would.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Runs `handler` on each of the durable consumers `specs`.
+    pub fn react<H: Handler>(&mut self, specs: Vec<ConsumerSpec>, handler: Arc<H>) {
+        for spec in specs {
+            let name = spec.name.clone();
+            let consumer = Consumer::new(
+                self.store.clone(),
+                self.js.clone(),
+                spec,
+                Arc::clone(&handler),
+            );
+            let token = self.shutdown.clone();
+            self.tasks
+                .spawn(async move { (name, consumer.run(token).await) });
+        }
+    }
+
+    /// Fires the due deadlines of `kind` with `handler`.
+    pub fn tick<H: DeadlineHandler>(&mut self, kind: &str, handler: Arc<H>) {
+        let ticker = Ticker::new(self.store.clone(), kind, handler);
+        let token = self.shutdown.clone();
+        let name = format!("ticker {kind}");
+        self.tasks.spawn(async move {
+            ticker.run(token).await;
+            (name, Ok(()))
+        });
+    }
+
+    /// Serves `commands` as the NATS service `<context>`, one endpoint per command.
+    pub async fn serve<C: Commands>(&mut self, commands: Arc<C>) -> anyhow::Result<()> {
+        let context = self.context.name();
+        let service = self
+            .client
+            .service_builder()
+            .description(format!("Commands of the {context} context"))
+            .queue_group(QUEUE_GROUP)
+            .start(context, env!("CARGO_PKG_VERSION"))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot start the {context} command service: {e}"))?;
+        let service = Arc::new(service);
+        for name in commands.names() {
+            let subject = command_subject(context, name);
+            let mut endpoint = service
+                .endpoint_builder()
+                .name(*name)
+                .add(&subject)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot add endpoint {subject}: {e}"))?;
+            let commands = Arc::clone(&commands);
+            let token = self.shutdown.clone();
+            // Keeps the service (and its stats) alive as long as an endpoint runs.
+            let service = Arc::clone(&service);
+            self.tasks.spawn(async move {
+                let _service = service;
+                loop {
+                    let request = tokio::select! {
+                        () = token.cancelled() => break,
+                        request = endpoint.next() => match request {
+                            Some(request) => request,
+                            None => break,
+                        },
+                    };
+                    let metadata = request_metadata(&request.message);
+                    let reply = commands.run(name, &request.message.payload, metadata).await;
+                    let body = serde_json::to_vec(&reply).unwrap_or_default();
+                    if let Err(e) = request.respond(Ok(body.into())).await {
+                        tracing::warn!(endpoint = %subject, error = %e, "cannot reply");
+                    }
+                }
+                (format!("endpoint {subject}"), Ok(()))
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs until `stop` completes or a task fails, then stops every task in order.
+    pub async fn run(mut self, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+        tracing::info!(context = %self.context, "running");
+        let failure = tokio::select! {
+            () = stop => None,
+            () = self.shutdown.cancelled() => None,
+            Some(done) = self.tasks.join_next() => Some(match done {
+                Ok((name, Ok(()))) => anyhow::anyhow!("{name} stopped on its own"),
+                Ok((name, Err(e))) => e.context(name),
+                Err(e) => anyhow::anyhow!("a task panicked: {e}"),
+            }),
+        };
+        self.shutdown.cancel();
+        let drain = async {
+            while let Some(done) = self.tasks.join_next().await {
+                if let Ok((name, Err(e))) = done {
+                    tracing::warn!(task = %name, error = format!("{e:#}"), "stopped with an error");
+                }
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(30), drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!("some tasks did not stop within 30 s");
+        }
+        if tokio::time::timeout(Duration::from_secs(5), self.client.flush())
+            .await
+            .is_err()
+        {
+            tracing::warn!("NATS did not take the last messages within 5 s");
+        }
+        tracing::info!(context = %self.context, "stopped");
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Correlation and trace context from a request's headers.
+fn request_metadata(message: &async_nats::Message) -> Metadata {
+    let get = |name: &str| {
+        message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_owned())
+    };
+    Metadata {
+        correlation_id: get(headers::CORRELATION_ID),
+        causation_id: None,
+        traceparent: get(headers::TRACEPARENT),
+        tracestate: get(headers::TRACESTATE),
+    }
+}
+
+/// Resolves when the process gets Ctrl-C or SIGTERM.
+pub async fn signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                ctrl_c.await.ok();
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await.ok();
+}
