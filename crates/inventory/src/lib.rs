@@ -16,10 +16,14 @@
 //! The aggregates hold the domain only: no I/O, no clock (time arrives in commands). The
 //! [`reactions`] module is the application layer around them: it turns other contexts' events
 //! and the reservation deadline into commands, in units of work of inventory's store.
+//! [`commands`] answers the operator's commands (the catalogue, deliveries) over NATS, and
+//! [`service`] runs all of it on a `host::Host` (the `inventory` binary).
 
 pub mod allocation;
+pub mod commands;
 pub mod product;
 pub mod reactions;
+pub mod service;
 pub mod stock;
 
 pub use allocation::{Allocation, AllocationCommand, AllocationError, AllocationStatus};
