@@ -58,6 +58,7 @@ impl<A: Aggregate> std::fmt::Debug for Repository<A> {
 impl<A> Repository<A>
 where
     A: Aggregate + Clone + 'static,
+    A::Command: Clone,
     A::Event: Event,
 {
     /// Keeps up to 10,000 aggregates in memory and tries a conflicting command 5 times.
@@ -95,10 +96,7 @@ where
         id: &str,
         command: A::Command,
         metadata: &Metadata,
-    ) -> Result<Committed<A::Event>, CommandError<A::Error>>
-    where
-        A::Command: Clone,
-    {
+    ) -> Result<Committed<A::Event>, CommandError<A::Error>> {
         for _ in 0..self.max_attempts {
             let mut uow = UnitOfWork::new(&self.store);
             let events = self
@@ -134,14 +132,37 @@ where
         metadata: &Metadata,
     ) -> Result<Vec<A::Event>, CommandError<A::Error>> {
         check_token("aggregate id", id)?;
-        let (mut state, version) = self.current(uow, id).await?;
+        let staged = uow.staged(A::TYPE, id).is_some();
+        let (mut state, mut version) = self.current(uow, id).await?;
 
-        let sink = EventSink::default();
-        state
-            .handle(command, &self.services, &sink)
-            .await
-            .map_err(CommandError::Rejected)?;
-        let events = sink.collect().await;
+        let mut decided = state.clone();
+        let mut outcome = self.decide(&mut decided, command.clone()).await;
+        if let Err(refusal) = outcome {
+            // A refusal decided on a cached aggregate may be stale: another writer (another
+            // repository, another instance) may have moved it on, and a refusal writes nothing
+            // that a conflict could correct. Catch up from the store and decide again.
+            let newer = match staged {
+                true => Vec::new(),
+                false => {
+                    self.store
+                        .aggregate_events(A::TYPE, id, version as i64)
+                        .await?
+                }
+            };
+            if newer.is_empty() {
+                return Err(CommandError::Rejected(refusal));
+            }
+            for stored in newer {
+                let envelope = stored.decode::<A::Event>()?;
+                version = envelope.sequence;
+                state.apply(envelope.payload);
+            }
+            self.cache.put(id, state.clone(), version);
+            decided = state;
+            outcome = self.decide(&mut decided, command).await;
+        }
+        let events = outcome.map_err(CommandError::Rejected)?;
+        let state = decided;
         if events.is_empty() {
             return Ok(events);
         }
@@ -169,6 +190,13 @@ where
         };
         uow.stage(A::TYPE, id, rows, Box::new(staged));
         Ok(events)
+    }
+
+    /// Runs the aggregate's `handle` on `state` (which it changes as it emits).
+    async fn decide(&self, state: &mut A, command: A::Command) -> Result<Vec<A::Event>, A::Error> {
+        let sink = EventSink::default();
+        state.handle(command, &self.services, &sink).await?;
+        Ok(sink.collect().await)
     }
 
     /// The aggregate as `uow` would leave it (its staged state), or else as committed.

@@ -426,3 +426,37 @@ async fn units_committed_at_once_each_get_their_own_outcome() {
     assert_eq!(history(&store, "contested").await.len(), 2);
     assert_eq!(count(&store, "events").await, 2 + 39 * 2);
 }
+
+#[tokio::test]
+async fn a_refusal_is_never_decided_on_a_stale_cached_aggregate() {
+    let db = TestDatabase::create().await.unwrap();
+    let store = store(&db).await;
+    let reader = Repository::<Account>::new(store.clone(), ());
+    let writer = Repository::<Account>::new(store.clone(), ());
+    assert_eq!(reader.load("a").await.unwrap().1, 0, "cached as empty");
+    writer
+        .handle("a", AccountCommand::Deposit(10), &meta())
+        .await
+        .unwrap();
+
+    // On its cached copy the withdrawal would be refused; the store says otherwise.
+    let done = reader
+        .handle("a", AccountCommand::Withdraw(5), &meta())
+        .await
+        .unwrap();
+    assert_eq!(done.version, 2);
+    let err = reader
+        .handle("a", AccountCommand::Withdraw(6), &meta())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CommandError::Rejected(AccountError::InsufficientFunds {
+                balance: 5,
+                amount: 6
+            })
+        ),
+        "{err:?}"
+    );
+}
