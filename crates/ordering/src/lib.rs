@@ -11,11 +11,15 @@
 //!   the saga: it keeps the replica, and turns stock rejected or expired, payment captured or
 //!   declined, shipment dispatched and delivered into commands, in units of work of
 //!   ordering's store.
+//! - [`commands`]: the commands ordering answers over NATS (`place-order`, `cancel-order`).
+//! - [`service`]: the service process: the reactions and the commands on a [`host::Host`].
 
 pub mod catalogue;
+pub mod commands;
 pub mod order;
 pub mod place;
 pub mod reactions;
+pub mod service;
 
 pub use catalogue::{CatalogueReplica, ReplicaError};
 pub use order::{

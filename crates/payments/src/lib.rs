@@ -12,12 +12,14 @@
 //! only through the provider port, its services. The [`reactions`] module is the application
 //! layer around it: it turns ordering's and inventory's events into commands, in units of work
 //! of payments' store. The only clock read here is tokio's, in [`Resilient`], for timeouts and
-//! backoff.
+//! backoff. [`service`] runs the reactions as a process on a `host::Host` (payments has no
+//! commands of its own); the `payments` binary runs it with the simulator behind [`Resilient`].
 
 pub mod payment;
 pub mod provider;
 pub mod reactions;
 pub mod resilient;
+pub mod service;
 pub mod simulator;
 
 pub use payment::{MAX_PAYMENT_TOKEN_CHARS, Payment, PaymentCommand, PaymentError, PaymentStatus};

@@ -9,9 +9,13 @@
 //!   is refused and reaches the dead letters), in units of work of shipping's store.
 //! - [`operations`]: the application layer for operators (through the gateway): dispatch and
 //!   deliver a shipment.
+//! - [`commands`]: those operations as NATS command endpoints, and [`service`]: the process
+//!   (the reactions and the commands on a `host::Host`); the `shipping` binary runs it.
 
+pub mod commands;
 pub mod operations;
 pub mod reactions;
+pub mod service;
 pub mod shipment;
 
 pub use shipment::{Shipment, ShipmentCommand, ShipmentError, ShipmentStatus};

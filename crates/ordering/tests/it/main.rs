@@ -1,6 +1,6 @@
 //! Ordering's application layer against a real PostgreSQL (a database per test): the
 //! catalogue replica, placing orders, and the reactions, with messages built as the consumer
-//! runtime hands them over.
+//! runtime hands them over; and the service itself, over a private nats-server.
 
 // A test fails by panicking; helpers unwrap like the tests do.
 #![allow(clippy::unwrap_used)]
@@ -8,4 +8,5 @@
 mod catalogue;
 mod place;
 mod reactions;
+mod service;
 mod support;

@@ -1,11 +1,13 @@
 //! Payments' reactions against a real PostgreSQL (a database per test), with the built-in
 //! [`Simulator`] as the provider: the messages are built as the consumer runtime hands them
-//! over, and handled in units of work as it handles them.
+//! over, and handled in units of work as it handles them. The service (`service`) runs on a
+//! private nats-server too.
 
 // A test fails by panicking; helpers unwrap like the tests do.
 #![allow(clippy::unwrap_used)]
 
 mod reactions;
+mod service;
 
 use std::sync::Arc;
 

@@ -1,11 +1,13 @@
 //! Shipping's reactions and operations against a real PostgreSQL (a database per test): the
-//! messages are built as the consumer runtime hands them over.
+//! messages are built as the consumer runtime hands them over. The service (`service`) runs
+//! on a private nats-server too.
 
 // A test fails by panicking; helpers unwrap like the tests do.
 #![allow(clippy::unwrap_used)]
 
 mod operations;
 mod reactions;
+mod service;
 
 use bus::{Handler, HandlerError, Received};
 use events::ordering::{Address, OrderCancelled, OrderConfirmed, OrderEvent};
