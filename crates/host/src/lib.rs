@@ -220,13 +220,16 @@ impl Host {
     pub async fn run(mut self, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
         tracing::info!(context = %self.context, "running");
         let failure = tokio::select! {
+            biased;
             () = stop => None,
             () = self.shutdown.cancelled() => None,
-            Some(done) = self.tasks.join_next() => Some(match done {
-                Ok((name, Ok(()))) => anyhow::anyhow!("{name} stopped on its own"),
-                Ok((name, Err(e))) => e.context(name),
-                Err(e) => anyhow::anyhow!("a task panicked: {e}"),
-            }),
+            Some(done) = self.tasks.join_next() => match done {
+                // A task that ends because the host is stopping is not a failure.
+                _ if self.shutdown.is_cancelled() => None,
+                Ok((name, Ok(()))) => Some(anyhow::anyhow!("{name} stopped on its own")),
+                Ok((name, Err(e))) => Some(e.context(name)),
+                Err(e) => Some(anyhow::anyhow!("a task panicked: {e}")),
+            },
         };
         self.shutdown.cancel();
         let drain = async {
