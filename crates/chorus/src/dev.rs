@@ -1,11 +1,10 @@
 //! The local launcher: everything Chorus needs on one machine, stopped with Ctrl-C.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use events::BoundedContext;
-use eventstore::Store;
 use harness::NatsServer;
 use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
@@ -21,6 +20,8 @@ pub struct Config {
     pub nats_port: u16,
     /// Where the private nats-server keeps its data (`CHORUS_DATA_DIR`).
     pub data_dir: PathBuf,
+    /// How long a reservation waits for its payment (`INVENTORY_RESERVATION_TTL_SECONDS`).
+    pub reservation_ttl: chrono::Duration,
 }
 
 impl Config {
@@ -42,6 +43,9 @@ impl Config {
             nats_port,
             data_dir: var("CHORUS_DATA_DIR")
                 .map_or_else(|| PathBuf::from(".chorus"), PathBuf::from),
+            reservation_ttl: inventory::service::parse_reservation_ttl(
+                var("INVENTORY_RESERVATION_TTL_SECONDS").as_deref(),
+            )?,
         })
     }
 }
@@ -70,46 +74,66 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             url
         }
     };
-    let client = bus::connect(&nats_url, "chorus-dev").await?;
-    let js = async_nats::jetstream::new(client.clone());
-    let streams: Vec<_> = BoundedContext::ALL.iter().map(|c| c.stream()).collect();
-    bus::provision::streams(&js, &streams, 1).await?;
-
-    let shutdown = CancellationToken::new();
-    let mut tasks = Vec::new();
+    let mut hosts = Vec::new();
     for context in BoundedContext::ALL {
-        let url = ensure_database(&config.database_url, &database_name(context)).await?;
-        let store = Store::connect(&url, 4)
-            .await
-            .with_context(|| format!("cannot open the {context} event store"))?;
-        store
-            .migrate()
-            .await
-            .with_context(|| format!("cannot migrate the {context} event store"))?;
-        let relay = bus::Relay::new(store, js.clone(), context.stream());
-        tasks.push(tokio::spawn(relay.run(shutdown.clone())));
+        let settings = host::Settings {
+            context,
+            database_url: ensure_database(&config.database_url, &database_name(context)).await?,
+            nats_url: nats_url.clone(),
+            database_connections: 8,
+        };
+        let started = match context {
+            BoundedContext::Ordering => ordering::service::start(&settings).await,
+            BoundedContext::Inventory => {
+                inventory::service::start(&settings, config.reservation_ttl).await
+            }
+            BoundedContext::Payments => {
+                let provider = payments::Resilient::new(
+                    payments::Simulator::default(),
+                    payments::ResiliencePolicy::default(),
+                );
+                payments::service::start(&settings, Arc::new(provider)).await
+            }
+            BoundedContext::Shipping => shipping::service::start(&settings).await,
+        };
+        hosts.push(started.with_context(|| format!("cannot start the {context} service"))?);
     }
 
-    tracing::info!(%nats_url, "Chorus is running: NATS streams provisioned, an event store and a relay per context (ordering, inventory, payments, shipping); Ctrl-C stops it");
-    wait_for_signal().await;
+    tracing::info!(
+        %nats_url,
+        "Chorus is running: ordering, inventory, payments and shipping, each with its event store, \
+         relay, consumers and command endpoints (chorus.<context>.<command>); Ctrl-C stops it"
+    );
+    let stop = CancellationToken::new();
+    let mut running = tokio::task::JoinSet::new();
+    for host in hosts {
+        let stop = stop.clone();
+        running.spawn(host.run(async move { stop.cancelled().await }));
+    }
+    let early = tokio::select! {
+        () = host::signal() => None,
+        Some(done) = running.join_next() => Some(done),
+    };
     tracing::info!("stopping");
-    shutdown.cancel();
-    for task in tasks {
-        if tokio::time::timeout(Duration::from_secs(10), task)
-            .await
-            .is_err()
-        {
-            tracing::warn!("a relay did not stop within 10 s");
+    stop.cancel();
+    let mut result = match early {
+        None => Ok(()),
+        Some(Ok(Ok(()))) => Err(anyhow::anyhow!("a service stopped on its own")),
+        Some(Ok(Err(e))) => Err(e),
+        Some(Err(e)) => Err(anyhow::anyhow!("a service panicked: {e}")),
+    };
+    while let Some(done) = running.join_next().await {
+        let failure = match done {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e,
+            Err(e) => anyhow::anyhow!("a service panicked: {e}"),
+        };
+        if result.is_ok() {
+            result = Err(failure);
         }
     }
-    if tokio::time::timeout(Duration::from_secs(5), client.flush())
-        .await
-        .is_err()
-    {
-        tracing::warn!("NATS did not take the last messages within 5 s");
-    }
     tracing::info!("stopped");
-    Ok(())
+    result
 }
 
 /// Creates the database `name` on the server of `admin_url` unless it exists; returns its URL.
@@ -156,24 +180,4 @@ async fn ensure_database(admin_url: &str, name: &str) -> anyhow::Result<String> 
     url.push('/');
     url.push_str(name);
     Ok(url)
-}
-
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                ctrl_c.await.ok();
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    ctrl_c.await.ok();
 }

@@ -1,8 +1,8 @@
 //! `chorus`: the operator CLI of Chorus.
 //!
-//! `chorus dev` runs the local system: a private nats-server (2.12 or newer), an event store
-//! per context on the local PostgreSQL, the streams, and a relay per context. It holds no
-//! domain logic; the services it starts do.
+//! `chorus dev` runs the local system: a private nats-server (2.12 or newer), and the four
+//! context services in this process, each on its own database of the local PostgreSQL. It holds
+//! no domain logic; the services it starts do.
 
 mod dev;
 
@@ -25,10 +25,12 @@ enum Command {
     ///
     /// Starts a private nats-server (data under CHORUS_DATA_DIR, default `.chorus/`), creates
     /// a database per context on the PostgreSQL at DATABASE_URL (default
-    /// postgres://postgres@127.0.0.1:5432/postgres) and migrates it, provisions the streams,
-    /// and runs each context's outbox relay. Set CHORUS_NATS_URL to use a running nats-server
-    /// (2.12 or newer) instead of starting one; CHORUS_NATS_PORT picks the private server's
-    /// port (default 4300).
+    /// postgres://postgres@127.0.0.1:5432/postgres), and runs the ordering, inventory, payments
+    /// and shipping services: event stores, relays, consumers, the reservation ticker, and the
+    /// command endpoints `chorus.<context>.<command>`. Set CHORUS_NATS_URL to use a running
+    /// nats-server (2.12 or newer) instead of starting one; CHORUS_NATS_PORT picks the private
+    /// server's port (default 4300); INVENTORY_RESERVATION_TTL_SECONDS how long a reservation
+    /// waits for its payment (default 900).
     Dev,
 }
 
