@@ -21,7 +21,7 @@
 //! the whole batch for later: the messages are not at fault, so they are not dead-lettered.
 //! The loop itself never stops on a message.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -161,6 +161,7 @@ impl ConsumerSpec {
 }
 
 /// What to do with one message once the batch is decided.
+#[derive(Debug, Clone)]
 enum Decision {
     Ack,
     Retry(Duration),
@@ -252,26 +253,63 @@ impl<H: Handler> Consumer<H> {
             return;
         }
 
+        match self.commit(&received).await {
+            Ok(decisions) => self.settle(&received, decisions).await,
+            // One message's effects cannot be stored (a value PostgreSQL refuses): find it by
+            // committing each message alone, so that the others are not held back with it.
+            Err(e) if e.is_data_error() && received.len() > 1 => {
+                for one in received.chunks(1) {
+                    match self.commit(one).await {
+                        Ok(decisions) => self.settle(one, decisions).await,
+                        Err(e) => self.not_committed(one, &e).await,
+                    }
+                }
+            }
+            Err(e) => self.not_committed(&received, &e).await,
+        }
+    }
+
+    /// Decides the batch and commits it, rerunning it on a concurrency conflict.
+    async fn commit(
+        &self,
+        received: &[(jetstream::Message, Received)],
+    ) -> Result<Vec<Decision>, eventstore::StoreError> {
         const MAX_CONFLICT_RETRIES: u32 = 5;
         let mut round = 0;
-        let decisions = loop {
+        loop {
             round += 1;
-            match self.decide(&received).await {
-                Ok(decisions) => break decisions,
+            match self.decide(received).await {
                 Err(e) if e.is_conflict() && round < MAX_CONFLICT_RETRIES => {
                     tracing::debug!(consumer = %self.spec.name, "conflict at commit; rerunning the batch");
                 }
-                Err(e) => {
-                    tracing::warn!(consumer = %self.spec.name, error = %e, "batch not committed; redelivering it later");
-                    let delay = self.spec.backoff.initial;
-                    for (message, _) in &received {
-                        ack(message, AckKind::Nak(Some(delay))).await;
-                    }
-                    return;
-                }
+                outcome => return outcome,
             }
-        };
+        }
+    }
 
+    /// A message whose effects PostgreSQL refuses is dead-lettered; otherwise (the database is
+    /// unreachable, conflicts persist) the messages are not at fault and come back later.
+    async fn not_committed(
+        &self,
+        received: &[(jetstream::Message, Received)],
+        error: &eventstore::StoreError,
+    ) {
+        if let [(message, parsed)] = received
+            && error.is_data_error()
+        {
+            let reason = format!("its effects cannot be stored: {error}");
+            self.dead_letter(message, &reason, i64::from(parsed.delivered))
+                .await;
+            return;
+        }
+        tracing::warn!(consumer = %self.spec.name, error = %error, "batch not committed; redelivering it later");
+        let delay = self.spec.backoff.initial;
+        for (message, _) in received {
+            ack(message, AckKind::Nak(Some(delay))).await;
+        }
+    }
+
+    async fn settle(&self, received: &[(jetstream::Message, Received)], decisions: Vec<Decision>) {
         for ((message, parsed), decision) in received.iter().zip(decisions) {
             match decision {
                 Decision::Ack => ack(message, AckKind::Ack).await,
@@ -291,16 +329,25 @@ impl<H: Handler> Consumer<H> {
     ) -> Result<Vec<Decision>, eventstore::StoreError> {
         let ids: Vec<_> = received.iter().map(|(_, r)| r.event_id).collect();
         let handled = self.store.handled(&self.spec.name, &ids).await?;
-        let mut seen = HashSet::with_capacity(received.len());
+        // The position of each event's first copy in the batch: a second copy (a redelivery
+        // that arrived with the first) shares its decision, so it is never acked while the
+        // first waits for a retry.
+        let mut first: HashMap<uuid::Uuid, usize> = HashMap::with_capacity(received.len());
         let mut waiting = self.waiting_now();
         let mut uow = UnitOfWork::new(&self.store);
         let mut decisions = Vec::with_capacity(received.len());
         for (_, message) in received {
-            if handled.contains(&message.event_id) || !seen.insert(message.event_id) {
-                tracing::debug!(consumer = %self.spec.name, event_id = %message.event_id, "duplicate; skipped");
+            if handled.contains(&message.event_id) {
+                tracing::debug!(consumer = %self.spec.name, event_id = %message.event_id, "handled before; skipped");
                 decisions.push(Decision::Ack);
                 continue;
             }
+            if let Some(&index) = first.get(&message.event_id) {
+                let same: Decision = decisions[index].clone();
+                decisions.push(same);
+                continue;
+            }
+            first.insert(message.event_id, decisions.len());
             let key = (message.aggregate_type.clone(), message.aggregate_id.clone());
             if let Some(ahead) = waiting.get(&key)
                 && ahead.stream_sequence != message.stream_sequence

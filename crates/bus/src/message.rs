@@ -79,7 +79,8 @@ impl Received {
             .map_err(|e| format!("not a JetStream message: {e}"))?;
         let empty = HeaderMap::new();
         let map = message.headers.as_ref().unwrap_or(&empty);
-        let get = |name: &str| map.get(name).map(|v| v.as_str().to_owned());
+        // Control characters (a NUL from a foreign publisher) could not even be stored.
+        let get = |name: &str| map.get(name).map(|v| clean(v.as_str()));
         let require = |name: &str| get(name).ok_or_else(|| format!("header {name} is missing"));
         fn parse<T: std::str::FromStr>(name: &str, value: String) -> Result<T, String> {
             value
