@@ -6,8 +6,8 @@
 //! deleted in that same commit. A firing that fails is rolled back alone and tried again with
 //! a growing delay; after the last attempt the deadline is marked failed, stays in the table
 //! with its error for an operator to see, and is no longer fired. Several instances may tick at
-//! once: handlers decide through aggregates, so a second firing of the same deadline either
-//! conflicts or finds nothing left to do.
+//! once: a ticker claims the deadlines it fires (moving them a lease ahead, skipping those
+//! another ticker holds), so a deadline fires once unless its firing outlasts the lease.
 
 use std::future::Future;
 use std::time::Duration;
@@ -70,6 +70,40 @@ impl Store {
             .collect::<Result<_, _>>()?)
     }
 
+    /// Claims up to `limit` deadlines of `kind` due at `now`: each is moved to `now + lease`,
+    /// so no other ticker takes it meanwhile; if this one dies, it is due again after the
+    /// lease. Returns them as they were (with their due time), oldest first.
+    async fn claim_deadlines(
+        &self,
+        kind: &str,
+        now: DateTime<Utc>,
+        lease: std::time::Duration,
+        limit: i64,
+    ) -> Result<Vec<Deadline>, StoreError> {
+        let rows = sqlx::query(
+            "WITH due AS ( \
+                 SELECT kind, key, due_at FROM deadlines \
+                 WHERE kind = $1 AND due_at <= $2 AND failed_at IS NULL \
+                 ORDER BY due_at LIMIT $3 FOR UPDATE SKIP LOCKED \
+             ) \
+             UPDATE deadlines d SET due_at = $2 + make_interval(secs => $4) \
+             FROM due WHERE d.kind = due.kind AND d.key = due.key \
+             RETURNING d.kind, d.key, due.due_at, d.payload, d.attempts, d.last_error, d.failed_at",
+        )
+        .bind(kind)
+        .bind(now)
+        .bind(limit)
+        .bind(lease.as_secs_f64())
+        .fetch_all(self.pool())
+        .await?;
+        let mut claimed: Vec<Deadline> = rows
+            .iter()
+            .map(Deadline::from_row)
+            .collect::<Result<_, _>>()?;
+        claimed.sort_by_key(|d| d.due_at);
+        Ok(claimed)
+    }
+
     /// The deadline `(kind, key)`, if it is scheduled (or failed).
     pub async fn deadline(&self, kind: &str, key: &str) -> Result<Option<Deadline>, StoreError> {
         let row = sqlx::query("SELECT * FROM deadlines WHERE kind = $1 AND key = $2")
@@ -93,7 +127,7 @@ impl Store {
     }
 
     /// Records a failed firing: fire again at `retry_at`, or never (`None`: failed for good).
-    /// Does nothing if the deadline was moved or removed meanwhile.
+    /// Does nothing if the deadline was removed meanwhile.
     async fn record_failed_firing(
         &self,
         deadline: &Deadline,
@@ -101,13 +135,12 @@ impl Store {
         retry_at: Option<DateTime<Utc>>,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE deadlines SET attempts = attempts + 1, last_error = $4, \
-                 due_at = COALESCE($5, due_at), failed_at = CASE WHEN $5 IS NULL THEN now() END \
-             WHERE kind = $1 AND key = $2 AND due_at = $3",
+            "UPDATE deadlines SET attempts = attempts + 1, last_error = $3, \
+                 due_at = COALESCE($4, due_at), failed_at = CASE WHEN $4 IS NULL THEN now() END \
+             WHERE kind = $1 AND key = $2",
         )
         .bind(&deadline.kind)
         .bind(&deadline.key)
-        .bind(deadline.due_at)
         .bind(error)
         .bind(retry_at)
         .execute(self.pool())
@@ -148,6 +181,8 @@ pub struct Ticker<H> {
     handler: H,
     /// How often to look for due deadlines.
     pub interval: Duration,
+    /// How long a claimed deadline is kept from other tickers while it fires.
+    pub lease: Duration,
     /// Firings before a deadline is marked failed.
     pub max_attempts: i32,
     /// Delay before the first retry; it doubles per attempt up to `max_delay`.
@@ -163,6 +198,7 @@ impl<H: DeadlineHandler> Ticker<H> {
             kind: kind.to_owned(),
             handler,
             interval: Duration::from_secs(1),
+            lease: Duration::from_secs(60),
             max_attempts: 10,
             first_delay: Duration::from_secs(1),
             max_delay: Duration::from_secs(300),
@@ -184,13 +220,18 @@ impl<H: DeadlineHandler> Ticker<H> {
 
     /// Fires the deadlines due at `now` (at most 100) and returns how many were handled.
     pub async fn tick(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
-        let due = self.store.due_deadlines(&self.kind, now, 100).await?;
+        let due = self
+            .store
+            .claim_deadlines(&self.kind, now, self.lease, 100)
+            .await?;
         let mut uow = UnitOfWork::new(&self.store);
         let mut failed = Vec::new();
         for deadline in &due {
             let mark = uow.mark();
+            // Removed first, so that a handler may schedule the same deadline again.
+            uow.cancel_deadline(&deadline.kind, &deadline.key);
             match self.handler.fire(&mut uow, deadline, now).await {
-                Ok(()) => uow.cancel_deadline(&deadline.kind, &deadline.key),
+                Ok(()) => {}
                 Err(error) => {
                     uow.rollback_to(mark);
                     failed.push((deadline, error));

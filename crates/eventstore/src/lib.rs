@@ -24,6 +24,6 @@ mod store;
 mod unit_of_work;
 
 pub use deadline::{Deadline, DeadlineHandler, Ticker};
-pub use repository::{CommandError, Committed, Repository};
+pub use repository::{CommandError, Committed, MAX_EVENT_BYTES, Repository};
 pub use store::{OUTBOX_CHANNEL, Store, StoreError, StoredEvent};
 pub use unit_of_work::{Mark, UnitOfWork};

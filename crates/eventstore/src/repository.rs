@@ -13,6 +13,10 @@ use uuid::Uuid;
 use crate::store::{Store, StoreError};
 use crate::unit_of_work::{NewEvent, Staged, UnitOfWork};
 
+/// The largest event (payload and metadata) a command may append: well under NATS's default
+/// 1 MiB `max_payload`, leaving room for the headers.
+pub const MAX_EVENT_BYTES: usize = 512 * 1024;
+
 /// Why a command did not commit.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError<E: std::error::Error> {
@@ -21,6 +25,13 @@ pub enum CommandError<E: std::error::Error> {
     Rejected(E),
     #[error(transparent)]
     InvalidId(#[from] InvalidToken),
+    /// An event too large to publish (NATS refuses messages over its `max_payload`).
+    #[error("a {event_type} event of {bytes} bytes is over the {max}-byte limit")]
+    EventTooLarge {
+        event_type: &'static str,
+        bytes: usize,
+        max: usize,
+    },
     /// Other writers kept appending to the aggregate; gave up after this many attempts.
     #[error("the aggregate kept changing under the command: gave up after {attempts} attempts")]
     Conflict { attempts: u32 },
@@ -102,7 +113,11 @@ where
             let events = self
                 .execute(&mut uow, id, command.clone(), metadata)
                 .await?;
-            let version = self.staged_version(&uow, id);
+            let version = match self.staged_version(&uow, id) {
+                // Nothing staged: the command changed nothing; report the current version.
+                None => self.load(id).await?.1,
+                Some(version) => version,
+            };
             match uow.commit().await {
                 Ok(position) => {
                     return Ok(Committed {
@@ -132,34 +147,32 @@ where
         metadata: &Metadata,
     ) -> Result<Vec<A::Event>, CommandError<A::Error>> {
         check_token("aggregate id", id)?;
+        check_token("aggregate type", A::TYPE)?;
         let staged = uow.staged(A::TYPE, id).is_some();
         let (mut state, mut version) = self.current(uow, id).await?;
 
         let mut decided = state.clone();
         let mut outcome = self.decide(&mut decided, command.clone()).await;
-        if let Err(refusal) = outcome {
-            // A refusal decided on a cached aggregate may be stale: another writer (another
-            // repository, another instance) may have moved it on, and a refusal writes nothing
-            // that a conflict could correct. Catch up from the store and decide again.
-            let newer = match staged {
-                true => Vec::new(),
-                false => {
-                    self.store
-                        .aggregate_events(A::TYPE, id, version as i64)
-                        .await?
+        // A refusal, or a "nothing to do", decided on a cached aggregate may be stale: another
+        // writer (another repository, another instance) may have moved it on, and neither
+        // writes anything that a conflict could correct. Catch up from the store and decide
+        // again. (A unit's staged state is its own, never stale.)
+        let wrote_nothing = outcome.as_ref().map_or(true, Vec::is_empty);
+        if wrote_nothing && !staged {
+            let newer = self
+                .store
+                .aggregate_events(A::TYPE, id, i64::try_from(version).unwrap_or(i64::MAX))
+                .await?;
+            if !newer.is_empty() {
+                for stored in newer {
+                    let envelope = stored.decode::<A::Event>()?;
+                    version = envelope.sequence;
+                    state.apply(envelope.payload);
                 }
-            };
-            if newer.is_empty() {
-                return Err(CommandError::Rejected(refusal));
+                self.cache.put(id, state.clone(), version);
+                decided = state;
+                outcome = self.decide(&mut decided, command).await;
             }
-            for stored in newer {
-                let envelope = stored.decode::<A::Event>()?;
-                version = envelope.sequence;
-                state.apply(envelope.payload);
-            }
-            self.cache.put(id, state.clone(), version);
-            decided = state;
-            outcome = self.decide(&mut decided, command).await;
         }
         let events = outcome.map_err(CommandError::Rejected)?;
         let state = decided;
@@ -168,20 +181,28 @@ where
         }
 
         let metadata = serde_json::to_string(metadata).unwrap_or_else(|_| "{}".to_owned());
-        let rows = events
-            .iter()
-            .zip(version + 1..)
-            .map(|(event, sequence)| NewEvent {
+        let mut rows = Vec::with_capacity(events.len());
+        for (event, sequence) in events.iter().zip(version + 1..) {
+            let payload = event.to_payload().to_string();
+            // Refused here, before anything is written, rather than blocking the relay later.
+            if payload.len() + metadata.len() > MAX_EVENT_BYTES {
+                return Err(CommandError::EventTooLarge {
+                    event_type: event.event_type(),
+                    bytes: payload.len() + metadata.len(),
+                    max: MAX_EVENT_BYTES,
+                });
+            }
+            rows.push(NewEvent {
                 event_id: Uuid::now_v7(),
                 aggregate_type: A::TYPE,
                 aggregate_id: id.to_owned(),
                 sequence: i64::try_from(sequence).unwrap_or(i64::MAX),
                 event_type: event.event_type(),
                 schema_version: i32::try_from(event.schema_version()).unwrap_or(i32::MAX),
-                payload: event.to_payload().to_string(),
+                payload,
                 metadata: metadata.clone(),
-            })
-            .collect();
+            });
+        }
         let staged = StagedAggregate {
             cache: Arc::clone(&self.cache),
             id: id.to_owned(),
@@ -229,10 +250,10 @@ where
         Ok((state, version))
     }
 
-    fn staged_version(&self, uow: &UnitOfWork, id: &str) -> u64 {
+    fn staged_version(&self, uow: &UnitOfWork, id: &str) -> Option<u64> {
         uow.staged(A::TYPE, id)
             .and_then(|s| s.downcast_ref::<StagedAggregate<A>>())
-            .map_or(0, |s| s.version)
+            .map(|s| s.version)
     }
 }
 
@@ -264,9 +285,12 @@ struct Cache<A> {
 }
 
 struct CacheInner<A> {
-    entries: HashMap<String, (A, u64)>,
-    /// Insertion order, for eviction; may hold ids already evicted.
-    order: VecDeque<String>,
+    /// State, version, and the generation of the entry (when it was inserted).
+    entries: HashMap<String, (A, u64, u64)>,
+    /// Insertion order, for eviction: (id, generation). An item whose generation is no longer
+    /// the entry's (evicted, maybe inserted again since) is skipped and, in bulk, dropped.
+    order: VecDeque<(String, u64)>,
+    next_generation: u64,
 }
 
 impl<A: Clone> Cache<A> {
@@ -276,6 +300,7 @@ impl<A: Clone> Cache<A> {
             inner: Mutex::new(CacheInner {
                 entries: HashMap::new(),
                 order: VecDeque::new(),
+                next_generation: 0,
             }),
         }
     }
@@ -289,32 +314,52 @@ impl<A: Clone> Cache<A> {
     }
 
     fn get(&self, id: &str) -> Option<(A, u64)> {
-        self.lock().entries.get(id).cloned()
+        self.lock()
+            .entries
+            .get(id)
+            .map(|(state, version, _)| (state.clone(), *version))
     }
 
-    /// Stores `state` unless the cache already holds a newer version.
+    /// Stores `state` unless the cache already holds a newer version; evicts the oldest
+    /// entries beyond the capacity.
     fn put(&self, id: &str, state: A, version: u64) {
         if self.capacity == 0 {
             return;
         }
         let mut inner = self.lock();
-        match inner.entries.get_mut(id) {
+        let CacheInner {
+            entries,
+            order,
+            next_generation,
+        } = &mut *inner;
+        match entries.get_mut(id) {
             Some(entry) if entry.1 >= version => {}
-            Some(entry) => *entry = (state, version),
+            Some(entry) => {
+                entry.0 = state;
+                entry.1 = version;
+            }
             None => {
-                inner.entries.insert(id.to_owned(), (state, version));
-                inner.order.push_back(id.to_owned());
+                *next_generation += 1;
+                entries.insert(id.to_owned(), (state, version, *next_generation));
+                order.push_back((id.to_owned(), *next_generation));
             }
         }
-        while inner.entries.len() > self.capacity {
-            let Some(oldest) = inner.order.pop_front() else {
+        let current = |entries: &HashMap<String, (A, u64, u64)>,
+                       (id, generation): &(String, u64)| {
+            entries.get(id).is_some_and(|e| e.2 == *generation)
+        };
+        while entries.len() > self.capacity {
+            let Some(oldest) = order.pop_front() else {
                 break;
             };
-            inner.entries.remove(&oldest);
+            if current(entries, &oldest) {
+                entries.remove(&oldest.0);
+            }
         }
-        if inner.order.len() > 2 * self.capacity {
-            let CacheInner { entries, order } = &mut *inner;
-            order.retain(|id| entries.contains_key(id));
+        // Evictions leave stale items behind; dropping them once the queue has doubled keeps
+        // it bounded at an amortised constant cost per insert.
+        if order.len() > 2 * self.capacity {
+            order.retain(|item| current(entries, item));
         }
     }
 

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::commit::GroupCommit;
 
-/// The channel the store notifies (once per statement) when the outbox receives rows.
+/// The channel the store notifies when rows arrive in an outbox that held none older.
 pub const OUTBOX_CHANNEL: &str = "chorus_outbox";
 
 /// Why a store operation failed.
@@ -40,6 +40,19 @@ impl StoreError {
     /// True when running the same work again may succeed.
     pub fn is_conflict(&self) -> bool {
         matches!(self, StoreError::Conflict | StoreError::InboxConflict)
+    }
+
+    /// True when PostgreSQL refused the data itself (an invalid value, a constraint other than
+    /// the concurrency checks, a value too large): writing the same thing again fails again.
+    pub fn is_data_error(&self) -> bool {
+        let StoreError::Database(sqlx::Error::Database(db)) = self else {
+            return false;
+        };
+        db.code().is_some_and(|code| {
+            ["22", "23", "54"]
+                .iter()
+                .any(|class| code.starts_with(class))
+        })
     }
 
     pub(crate) fn from_write(error: sqlx::Error) -> Self {

@@ -238,7 +238,7 @@ async fn two_tickers_firing_at_once_have_one_effect() {
             .execute(
                 &mut uow,
                 &id,
-                AccountCommand::Deposit(3),
+                AccountCommand::Deposit(10),
                 &Metadata::default(),
             )
             .await
@@ -259,7 +259,7 @@ async fn two_tickers_firing_at_once_have_one_effect() {
     for i in 0..20 {
         assert_eq!(
             balance(&store, &format!("acc-{i}")).await,
-            0,
+            7,
             "acc-{i} paid out exactly once"
         );
     }
