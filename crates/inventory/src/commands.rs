@@ -163,6 +163,9 @@ fn reply<Ev, E: Refusal>(id: &str, result: Result<Committed<Ev>, CommandError<E>
             tracing::warn!(aggregate_id = id, error = %e, "command gave up on a conflict");
             CommandReply::rejected("conflict", e.to_string())
         }
+        Err(e @ CommandError::EventTooLarge { .. }) => {
+            CommandReply::rejected("too_large", e.to_string())
+        }
         Err(CommandError::Store(e)) => {
             tracing::error!(aggregate_id = id, error = %e, "command failed on the event store");
             CommandReply::rejected("unavailable", "the inventory event store is unavailable")

@@ -206,6 +206,7 @@ fn failure<E: std::error::Error + Send + Sync + 'static>(error: CommandError<E>)
     match error {
         CommandError::Rejected(e) => HandlerError::permanent(e.to_string()),
         CommandError::InvalidId(e) => HandlerError::permanent(e.to_string()),
+        e @ CommandError::EventTooLarge { .. } => HandlerError::permanent(e.to_string()),
         other => HandlerError::transient(other.to_string()),
     }
 }

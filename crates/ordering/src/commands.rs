@@ -247,6 +247,9 @@ fn command_failure(
             tracing::warn!(command, %order_id, error = %error, "gave up on a conflict");
             CommandReply::rejected("conflict", error.to_string())
         }
+        CommandError::EventTooLarge { .. } => {
+            CommandReply::rejected("too_large", error.to_string())
+        }
         CommandError::Store(e) => {
             tracing::error!(command, %order_id, error = %e, "the event store failed");
             unavailable()

@@ -187,6 +187,7 @@ fn failure(error: CommandError<OrderError>) -> HandlerError {
         CommandError::Rejected(e @ OrderError::NotShipped) => HandlerError::transient(e),
         CommandError::Rejected(e) => HandlerError::permanent(e),
         CommandError::InvalidId(e) => HandlerError::permanent(e),
+        e @ CommandError::EventTooLarge { .. } => HandlerError::permanent(e.to_string()),
         other => HandlerError::transient(other),
     }
 }

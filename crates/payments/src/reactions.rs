@@ -131,6 +131,7 @@ fn failure(error: CommandError<PaymentError>) -> HandlerError {
         CommandError::Rejected(e) if e.is_transient() => HandlerError::transient(e.to_string()),
         CommandError::Rejected(e) => HandlerError::permanent(e.to_string()),
         CommandError::InvalidId(e) => HandlerError::permanent(e.to_string()),
+        e @ CommandError::EventTooLarge { .. } => HandlerError::permanent(e.to_string()),
         other => HandlerError::transient(other.to_string()),
     }
 }

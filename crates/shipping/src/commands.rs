@@ -159,6 +159,9 @@ fn reply(
             tracing::warn!(command, %order_id, error = %error, "command gave up on conflicts");
             CommandReply::rejected("conflict", error.to_string())
         }
+        Err(error @ CommandError::EventTooLarge { .. }) => {
+            CommandReply::rejected("too_large", error.to_string())
+        }
         Err(CommandError::Store(error)) => {
             tracing::error!(command, %order_id, error = %error, "command failed in the store");
             CommandReply::rejected("unavailable", "shipping cannot reach its store; try again")
