@@ -122,7 +122,14 @@ impl Relay {
         }
         tracing::info!(stream = %self.stream.name(), "relay is active");
 
-        let mut listener = PgListener::connect_with(self.store.pool()).await?;
+        // A pool of its own: a listener holds its connection for as long as it listens, which
+        // would otherwise take one from the store's pool (and its group commit).
+        let options = self.store.pool().connect_options();
+        let listening = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.as_ref().clone())
+            .await?;
+        let mut listener = PgListener::connect_with(&listening).await?;
         listener.listen(OUTBOX_CHANNEL).await?;
         loop {
             self.drain(&mut conn, shutdown).await?;
