@@ -1,0 +1,12 @@
+//! End-to-end tests of the fulfilment saga: the four context services (ordering, inventory,
+//! payments, shipping) run together, each on its own PostgreSQL database, around a private
+//! nats-server, as their `service::start` builds them. Each scenario starts its own system,
+//! drives it through the commands a client would send, waits for the saga to reach its end,
+//! and then checks the invariants that span the contexts (see `invariants`).
+
+// A test fails by panicking; helpers unwrap like the tests do.
+#![allow(clippy::unwrap_used)]
+
+mod invariants;
+mod scenarios;
+mod system;
