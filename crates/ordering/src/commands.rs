@@ -2,8 +2,8 @@
 //!
 //! | command | request | accepted |
 //! |---|---|---|
-//! | `place-order` | [`PlaceOrderRequest`] | `OrderPlaced` appended; the order id is the aggregate id |
-//! | `cancel-order` | [`CancelOrderRequest`] | `OrderCancelled` appended |
+//! | `place-order` | [`PlaceOrderRequest`] | `OrderPlaced` appended and the payment deadline scheduled; the order id is the aggregate id |
+//! | `cancel-order` | [`CancelOrderRequest`] | `OrderCancelled` appended, the payment deadline removed |
 //!
 //! A body that does not parse is rejected with code `invalid_request` and the path of the
 //! field at fault (`lines[0].quantity`, or `body` when the JSON itself is malformed). A command
@@ -18,13 +18,13 @@ use events::Metadata;
 use events::command::CommandReply;
 use events::ordering::{Address, OrderEvent};
 use events::values::{CustomerId, OrderId, Quantity, Sku};
-use eventstore::{CommandError, Committed};
+use eventstore::{CommandError, Committed, Repository, UnitOfWork};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::place::{PlaceError, PlaceOrder, place_order};
-use crate::reactions::Reactions;
-use crate::{OrderCommand, OrderError, RequestedLine};
+use crate::place::{MAX_ATTEMPTS, PlaceError, PlaceOrder, place_order};
+use crate::reactions::{Reactions, execute_order};
+use crate::{Order, OrderCommand, OrderError, RequestedLine};
 
 /// The name of the command that places an order.
 pub const PLACE_ORDER: &str = "place-order";
@@ -128,6 +128,7 @@ impl OrderingCommands {
             self.reactions.orders(),
             self.reactions.catalogue(),
             place,
+            self.reactions.payment_timeout(),
             metadata,
         )
         .await;
@@ -158,11 +159,7 @@ impl OrderingCommands {
         let command = OrderCommand::Cancel {
             reason: request.reason,
         };
-        let result = self
-            .reactions
-            .orders()
-            .handle(&order_id.to_string(), command, metadata)
-            .await;
+        let result = cancel_order(self.reactions.orders(), order_id, command, metadata).await;
         match result {
             Ok(committed) => accepted(order_id, &committed),
             Err(error) => command_failure(CANCEL_ORDER, order_id, error, |e| match e {
@@ -171,6 +168,38 @@ impl OrderingCommands {
             }),
         }
     }
+}
+
+/// Runs `Cancel` and removes the order's payment deadline in one unit of work (see
+/// [`execute_order`]), retrying on a concurrency conflict as [`Repository::handle`] does.
+async fn cancel_order(
+    orders: &Repository<Order>,
+    order_id: OrderId,
+    command: OrderCommand,
+    metadata: &Metadata,
+) -> Result<Committed<OrderEvent>, CommandError<OrderError>> {
+    let id = order_id.to_string();
+    for _ in 0..MAX_ATTEMPTS {
+        let mut uow = UnitOfWork::new(orders.store());
+        let events = execute_order(orders, &mut uow, order_id, command.clone(), metadata).await?;
+        let (_, version) = orders.current(&uow, &id).await?;
+        match uow.commit().await {
+            Ok(position) => {
+                return Ok(Committed {
+                    position,
+                    version,
+                    events,
+                });
+            }
+            Err(e) if e.is_conflict() => {
+                tracing::debug!(order = %id, "concurrency conflict cancelling the order, retrying");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(CommandError::Conflict {
+        attempts: MAX_ATTEMPTS,
+    })
 }
 
 impl host::Commands for OrderingCommands {

@@ -6,11 +6,13 @@
 //! - [`catalogue`]: the [`CatalogueReplica`], a table in ordering's database kept from
 //!   inventory's catalogue events, with ordering's own migrations.
 //! - [`place`]: placing an order, the application service that prices a shopper's request
-//!   from the replica and runs `Place`.
+//!   from the replica, runs `Place` and schedules the order's payment deadline
+//!   ([`PAYMENT_TIMEOUT`]) in the same commit.
 //! - [`reactions`]: the application layer around the aggregate that makes ordering's part of
-//!   the saga: it keeps the replica, and turns stock rejected or expired, payment captured or
-//!   declined, shipment dispatched and delivered into commands, in units of work of
-//!   ordering's store.
+//!   the saga: it keeps the replica, and turns stock rejected, payment captured or declined,
+//!   shipment dispatched and delivered, and the payment deadline into commands, in units of
+//!   work of ordering's store. Ordering owns the payment deadline because the `Order` is
+//!   where "paid" and "timed out" meet (ADR 0008).
 //! - [`commands`]: the commands ordering answers over NATS (`place-order`, `cancel-order`).
 //! - [`service`]: the service process: the reactions and the commands on a [`host::Host`].
 
@@ -26,4 +28,4 @@ pub use order::{
     MAX_ADDRESS_FIELD_CHARS, MAX_CANCEL_REASON_CHARS, MAX_LINES, MAX_PAYMENT_TOKEN_CHARS, Order,
     OrderCommand, OrderError, OrderStatus, RequestedLine,
 };
-pub use place::{PlaceError, PlaceOrder, place_order};
+pub use place::{PAYMENT_TIMEOUT, PlaceError, PlaceOrder, place_order};

@@ -1,15 +1,25 @@
 //! Placing an order: the application service between a shopper's request and the `Order`
-//! aggregate. It prices the request from ordering's catalogue replica, then runs `Place`.
+//! aggregate. It prices the request from ordering's catalogue replica, then runs `Place` and
+//! schedules the order's payment deadline ([`PAYMENT_TIMEOUT`]) in the same unit of work.
 
 use std::collections::HashMap;
 
+use chrono::{SubsecRound, Utc};
 use events::Metadata;
 use events::ordering::{Address, OrderEvent};
 use events::values::{CustomerId, OrderId, Sku};
-use eventstore::{CommandError, Committed, Repository};
+use eventstore::{CommandError, Committed, Repository, UnitOfWork};
 
 use crate::catalogue::{CatalogueReplica, ReplicaError};
 use crate::{MAX_LINES, Order, OrderCommand, OrderError, RequestedLine};
+
+/// The deadline kind of an order's payment: its key is the order id. Scheduled with
+/// `OrderPlaced`; when it fires on an order still `Placed`, the order is rejected
+/// `PaymentTimedOut` (see [`crate::reactions`]).
+pub const PAYMENT_TIMEOUT: &str = "payment-timeout";
+
+/// How many times a command that keeps conflicting is tried, as [`Repository::handle`] does.
+pub(crate) const MAX_ATTEMPTS: u32 = 5;
 
 /// A shopper's order as it arrives: lines without prices.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,8 +54,10 @@ impl PlaceError {
 }
 
 /// Places an order: reads the current prices of the requested SKUs from the replica, then runs
-/// `Place` with them (retrying on a concurrency conflict). A SKU the replica does not know is
-/// refused (`UnknownSku`) and nothing is appended.
+/// `Place` with them and schedules the payment deadline, `payment_timeout` from now, in the
+/// same commit (retrying on a concurrency conflict: for a new order, the retry finds it placed
+/// and is refused `AlreadyPlaced`). A SKU the replica does not know is refused (`UnknownSku`)
+/// and nothing is appended.
 ///
 /// The order is priced as the replica stands when it is read: a reprice that arrives between
 /// the read and the commit applies to the next order.
@@ -53,6 +65,7 @@ pub async fn place_order(
     orders: &Repository<Order>,
     catalogue: &CatalogueReplica,
     request: PlaceOrder,
+    payment_timeout: chrono::Duration,
     metadata: &Metadata,
 ) -> Result<Committed<OrderEvent>, PlaceError> {
     let PlaceOrder {
@@ -78,7 +91,37 @@ pub async fn place_order(
         payment_token,
         prices,
     };
-    Ok(orders
-        .handle(&order_id.to_string(), command, metadata)
-        .await?)
+    let id = order_id.to_string();
+    for _ in 0..MAX_ATTEMPTS {
+        let mut uow = UnitOfWork::new(orders.store());
+        let events = orders
+            .execute(&mut uow, &id, command.clone(), metadata)
+            .await?;
+        if !events.is_empty() {
+            // Microseconds, as PostgreSQL keeps the deadline: the two must compare equal.
+            let due_at = (Utc::now() + payment_timeout).trunc_subsecs(6);
+            uow.schedule_deadline(PAYMENT_TIMEOUT, &id, due_at, serde_json::json!({}));
+        }
+        let (_, version) = orders
+            .current(&uow, &id)
+            .await
+            .map_err(CommandError::Store)?;
+        match uow.commit().await {
+            Ok(position) => {
+                return Ok(Committed {
+                    position,
+                    version,
+                    events,
+                });
+            }
+            Err(e) if e.is_conflict() => {
+                tracing::debug!(order = %id, "concurrency conflict placing the order, retrying");
+            }
+            Err(e) => return Err(CommandError::Store(e).into()),
+        }
+    }
+    Err(CommandError::Conflict {
+        attempts: MAX_ATTEMPTS,
+    }
+    .into())
 }

@@ -5,12 +5,20 @@
 //! | inventory | `ProductDefined` | the catalogue replica: a new row | none |
 //! | inventory | `ProductRepriced` | the catalogue replica: the new price | none |
 //! | inventory | `StockRejected` | `Reject { OutOfStock }`, the short SKUs in the detail | `OrderRejected` |
-//! | inventory | `StockReleased { Expired }` | `Reject { PaymentTimedOut }` | `OrderRejected` |
-//! | inventory | `StockReleased`, other reasons | nothing: they follow a cancellation or a decline, which ordering already knows | none |
 //! | payments | `PaymentDeclined` | `Reject { PaymentDeclined }`, the provider's reason in the detail | `OrderRejected` |
 //! | payments | `PaymentCaptured` | `Confirm` | `OrderConfirmed` |
 //! | shipping | `ShipmentDispatched` | `MarkShipped` | `OrderShipped` |
 //! | shipping | `ShipmentDelivered` | `MarkDelivered` | `OrderDelivered` |
+//! | ordering | the payment deadline ([`PAYMENT_TIMEOUT`]) of an order still `Placed` | `Reject { PaymentTimedOut }` | `OrderRejected` |
+//!
+//! The payment deadline is ordering's own (ADR 0008): [`crate::place_order`] schedules it with
+//! `OrderPlaced`, and whatever confirms, rejects or cancels the order removes it in the same
+//! unit of work. The `Order` aggregate is where the capture and the timeout meet, so the
+//! decision "paid in time or timed out" is taken once, there: a capture that arrives after
+//! the timeout finds the order rejected (payments refunds it, reacting to the rejection), and
+//! a deadline that fires after the capture finds the order confirmed and does nothing.
+//! Inventory releases the stock of an order rejected `PaymentTimedOut` when it hears of the
+//! rejection; ordering no longer listens to inventory's releases.
 //!
 //! Every reaction is idempotent: the aggregate succeeds with no events when a command is
 //! already satisfied, and the replica only moves forward by version. The replica is written
@@ -25,17 +33,18 @@
 //! failures are transient.
 
 use bus::{ConsumerSpec, Handler, HandlerError, Received};
-use events::inventory::{AllocationEvent, ProductEvent, ReleaseReason, Shortage};
+use chrono::{DateTime, Utc};
+use events::inventory::{AllocationEvent, ProductEvent, Shortage};
 use events::naming::StreamName;
-use events::ordering::RejectionReason;
+use events::ordering::{OrderEvent, RejectionReason};
 use events::payments::PaymentEvent;
 use events::shipping::ShipmentEvent;
 use events::values::{Money, OrderId, Sku};
 use events::{BoundedContext, Metadata};
-use eventstore::{CommandError, Repository, Store, UnitOfWork};
+use eventstore::{CommandError, Deadline, DeadlineHandler, Repository, Store, UnitOfWork};
 
 use crate::catalogue::{Applied, CatalogueReplica, ReplicaError};
-use crate::{Order, OrderCommand, OrderError};
+use crate::{Order, OrderCommand, OrderError, OrderStatus, PAYMENT_TIMEOUT};
 
 /// The durable consumers ordering reacts through, with their filters:
 /// `ordering-from-inventory`, `ordering-from-payments` and `ordering-from-shipping`.
@@ -50,7 +59,6 @@ pub fn consumers() -> Vec<ConsumerSpec> {
                 ("product", "ProductDefined"),
                 ("product", "ProductRepriced"),
                 ("allocation", "StockRejected"),
-                ("allocation", "StockReleased"),
             ],
         ),
         consumer(
@@ -85,14 +93,26 @@ fn consumer(stream: &StreamName, events: &[(&str, &str)]) -> ConsumerSpec {
 pub struct Reactions {
     orders: Repository<Order>,
     catalogue: CatalogueReplica,
+    /// How long an order waits for its payment (the [`PAYMENT_TIMEOUT`] deadline).
+    payment_timeout: chrono::Duration,
 }
 
 impl Reactions {
-    pub fn new(store: &Store, catalogue: CatalogueReplica) -> Self {
+    pub fn new(
+        store: &Store,
+        catalogue: CatalogueReplica,
+        payment_timeout: chrono::Duration,
+    ) -> Self {
         Self {
             orders: Repository::new(store.clone(), ()),
             catalogue,
+            payment_timeout,
         }
+    }
+
+    /// How long an order waits for its payment.
+    pub fn payment_timeout(&self) -> chrono::Duration {
+        self.payment_timeout
     }
 
     /// The repository the reactions run commands through; a service can run its own commands
@@ -137,8 +157,7 @@ impl Reactions {
         command: OrderCommand,
         metadata: &Metadata,
     ) -> Result<(), HandlerError> {
-        self.orders
-            .execute(uow, &order_id.to_string(), command, metadata)
+        execute_order(&self.orders, uow, order_id, command, metadata)
             .await
             .map(drop)
             .map_err(failure)
@@ -176,9 +195,36 @@ pub fn out_of_stock_detail(shortages: &[Shortage]) -> String {
     format!("out of stock: {}", short.join("; "))
 }
 
-/// The detail of an order rejected because its reservation expired unpaid.
-pub const PAYMENT_TIMED_OUT_DETAIL: &str =
-    "the payment was not captured before the stock reservation expired";
+/// The detail of an order rejected because it was not paid within `timeout`.
+pub fn payment_timed_out_detail(timeout: chrono::Duration) -> String {
+    format!("not paid within {} s", timeout.num_seconds())
+}
+
+/// Runs `command` on the order inside `uow`; if it confirmed, rejected or cancelled the order,
+/// removes the order's payment deadline in the same unit (the timeout is moot from then on).
+/// Every command on an order that may end its wait for the payment goes through here.
+pub async fn execute_order(
+    orders: &Repository<Order>,
+    uow: &mut UnitOfWork,
+    order_id: OrderId,
+    command: OrderCommand,
+    metadata: &Metadata,
+) -> Result<Vec<OrderEvent>, CommandError<OrderError>> {
+    let id = order_id.to_string();
+    let events = orders.execute(uow, &id, command, metadata).await?;
+    let settled = events.iter().any(|event| {
+        matches!(
+            event,
+            OrderEvent::OrderConfirmed(_)
+                | OrderEvent::OrderRejected(_)
+                | OrderEvent::OrderCancelled(_)
+        )
+    });
+    if settled {
+        uow.cancel_deadline(PAYMENT_TIMEOUT, &id);
+    }
+    Ok(events)
+}
 
 /// A refusal by the aggregate is permanent, except a delivery before its dispatch (see the
 /// module doc); a conflict or a database failure is transient.
@@ -215,14 +261,8 @@ impl Handler for Reactions {
                     self.reject(uow, r.order_id, reason, detail, &metadata)
                         .await
                 }
-                AllocationEvent::StockReleased(r) if r.reason == ReleaseReason::Expired => {
-                    let detail = PAYMENT_TIMED_OUT_DETAIL.to_owned();
-                    let reason = RejectionReason::PaymentTimedOut;
-                    self.reject(uow, r.order_id, reason, detail, &metadata)
-                        .await
-                }
-                // Released because the order was cancelled or its payment declined: ordering
-                // knows already. Reserved and committed stock change nothing here.
+                // Reserved, released and committed stock change nothing here (the consumer's
+                // filter keeps them away).
                 _ => Ok(()),
             },
             "payment" => match message.decode::<PaymentEvent>()? {
@@ -251,5 +291,36 @@ impl Handler for Reactions {
             // Not an event ordering reacts to: the consumers' filters keep these away.
             _ => Ok(()),
         }
+    }
+}
+
+/// The payment deadline: an order still `Placed` when it fires was not paid in time and is
+/// rejected `PaymentTimedOut`. An order confirmed, rejected or cancelled meanwhile is left as
+/// it is (its deadline is normally removed with that change; a firing that raced it finds the
+/// order settled, or conflicts and is retried on the fresh state).
+impl DeadlineHandler for Reactions {
+    async fn fire(
+        &self,
+        uow: &mut UnitOfWork,
+        deadline: &Deadline,
+        _now: DateTime<Utc>,
+    ) -> Result<(), String> {
+        let order_id: OrderId = deadline.key.parse().map_err(|e| format!("{e}"))?;
+        let (order, _) = self
+            .orders
+            .current(uow, &deadline.key)
+            .await
+            .map_err(|e| e.to_string())?;
+        if order.status() != Some(OrderStatus::Placed) {
+            return Ok(());
+        }
+        let command = OrderCommand::Reject {
+            reason: RejectionReason::PaymentTimedOut,
+            detail: payment_timed_out_detail(self.payment_timeout),
+        };
+        execute_order(&self.orders, uow, order_id, command, &Metadata::default())
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
     }
 }

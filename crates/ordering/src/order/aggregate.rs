@@ -155,8 +155,8 @@ impl Order {
                 }
                 .into(),
             )),
-            // Redelivered, or a second failure (e.g. the reservation expired after the payment
-            // was declined): the order is already over.
+            // Redelivered, or a second failure (e.g. a second decline after the first): the
+            // order is already over.
             OrderStatus::Rejected | OrderStatus::Cancelled => Ok(None),
             // Stock and payment both succeeded, so nothing should reject the order now: this is
             // a saga bug, and it must be visible rather than silently ignored.

@@ -35,7 +35,8 @@ pub enum OrderCommand {
     },
     /// Policy on `PaymentCaptured`: stock is reserved and paid for.
     Confirm,
-    /// Policy on `StockRejected`, `PaymentDeclined`, or a reservation that expired unpaid.
+    /// Policy on `StockRejected`, `PaymentDeclined`, or the order's payment deadline passing
+    /// while it is still `Placed`.
     Reject {
         reason: RejectionReason,
         detail: String,

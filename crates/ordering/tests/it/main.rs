@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod catalogue;
+mod deadline;
 mod place;
 mod reactions;
 mod service;

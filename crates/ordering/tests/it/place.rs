@@ -6,7 +6,7 @@ use events::values::{OrderId, Quantity};
 use ordering::catalogue::CatalogueReplica;
 use ordering::{MAX_LINES, OrderError, OrderStatus, PlaceError, place_order};
 
-use crate::support::{Setup, eur, request, sku};
+use crate::support::{Setup, eur, payment_timeout, request, sku};
 
 async fn with_catalogue() -> Setup {
     let s = Setup::new().await;
@@ -112,6 +112,7 @@ async fn a_replica_that_cannot_be_read_places_nothing() {
         s.reactions.orders(),
         &broken,
         request(order, &[("MUG", 1)]),
+        payment_timeout(),
         &Metadata::default(),
     )
     .await
@@ -129,6 +130,7 @@ async fn a_replica_that_cannot_be_read_places_nothing() {
         s.reactions.orders(),
         &broken,
         request(order, &many),
+        payment_timeout(),
         &Metadata::default(),
     )
     .await

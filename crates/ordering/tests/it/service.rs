@@ -40,7 +40,9 @@ impl Service {
             nats_url: nats.url(),
             database_connections: 4,
         };
-        let host = service::start(&settings).await.unwrap();
+        let host = service::start(&settings, chrono::Duration::minutes(15))
+            .await
+            .unwrap();
         let shutdown = host.shutdown_token();
         let task = tokio::spawn(host.run(std::future::pending()));
         let pool = db.pool(2).await.unwrap();

@@ -16,11 +16,12 @@ use harness::TestDatabase;
 use ordering::catalogue::CatalogueReplica;
 use ordering::reactions::Reactions;
 use ordering::{Order, OrderStatus, PlaceError, PlaceOrder, RequestedLine, place_order};
+use std::sync::Arc;
 
 pub struct Setup {
     pub store: Store,
     pub catalogue: CatalogueReplica,
-    pub reactions: Reactions,
+    pub reactions: Arc<Reactions>,
     pub db: TestDatabase,
 }
 
@@ -33,7 +34,7 @@ impl Setup {
         store.migrate().await.unwrap();
         let catalogue = CatalogueReplica::new(pool);
         catalogue.migrate().await.unwrap();
-        let reactions = Reactions::new(&store, catalogue.clone());
+        let reactions = Arc::new(Reactions::new(&store, catalogue.clone(), payment_timeout()));
         Self {
             store,
             catalogue,
@@ -74,9 +75,29 @@ impl Setup {
             self.reactions.orders(),
             &self.catalogue,
             request(order, lines),
+            payment_timeout(),
             &Metadata::default(),
         )
         .await
+    }
+
+    /// Runs ordering's payment-deadline ticker once, as if the clock read `now`; returns how
+    /// many deadlines it handled.
+    pub async fn tick(&self, now: chrono::DateTime<chrono::Utc>) -> usize {
+        let ticker = eventstore::Ticker::new(
+            self.store.clone(),
+            ordering::PAYMENT_TIMEOUT,
+            Arc::clone(&self.reactions),
+        );
+        ticker.tick(now).await.unwrap()
+    }
+
+    /// The order's payment deadline, if one is scheduled.
+    pub async fn payment_deadline(&self, order: OrderId) -> Option<eventstore::Deadline> {
+        self.store
+            .deadline(ordering::PAYMENT_TIMEOUT, &order.to_string())
+            .await
+            .unwrap()
     }
 
     /// The order's events as stored, with their envelopes.
@@ -109,6 +130,11 @@ impl Setup {
             .unwrap()
             .map(|e| e.price)
     }
+}
+
+/// The payment timeout of these tests: 15 minutes.
+pub fn payment_timeout() -> chrono::Duration {
+    chrono::Duration::minutes(15)
 }
 
 pub fn message<E: Event>(event: E, aggregate_id: &str, sequence: u64) -> Received {
