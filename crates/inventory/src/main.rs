@@ -1,9 +1,9 @@
 //! `inventory`: the inventory context's service process.
 //!
 //! Settings, from the environment: `INVENTORY_DATABASE_URL`, `INVENTORY_DATABASE_CONNECTIONS`,
-//! `NATS_URL` (see `host::Settings`), `INVENTORY_RESERVATION_TTL_SECONDS` (how long a
-//! reservation waits for its payment, default 900), `RUST_LOG` (default `info,sqlx=warn`) and
-//! `CHORUS_LOG_FORMAT` (`json` for JSON lines; otherwise text). Logs go to stderr.
+//! `NATS_URL` (see `host::Settings`), `RUST_LOG` (default `info,sqlx=warn`) and
+//! `CHORUS_LOG_FORMAT` (`json` for JSON lines; otherwise text). Logs go to stderr. (How long
+//! an order waits for its payment is ordering's setting, `ORDERING_PAYMENT_TIMEOUT_SECONDS`.)
 
 use std::process::ExitCode;
 
@@ -32,8 +32,7 @@ fn main() -> ExitCode {
 
 async fn run() -> anyhow::Result<()> {
     let settings = Settings::from_env(BoundedContext::Inventory)?;
-    let reservation_ttl = service::reservation_ttl_from_env()?;
-    let host = service::start(&settings, reservation_ttl).await?;
+    let host = service::start(&settings).await?;
     host.run(host::signal()).await
 }
 

@@ -1,14 +1,20 @@
-//! How inventory reacts to the other contexts' events, and to its reservation deadline.
+//! How inventory reacts to the other contexts' events.
 //!
 //! - `OrderPlaced`: reserve every line, all or nothing, in one unit of work. Either every
-//!   stock item records its reservation and the allocation records `StockReserved` with a
-//!   deadline, or nothing is reserved and the allocation records `StockRejected` with the
-//!   shortages.
-//! - `PaymentCaptured`: the reservation is paid for; its expiry deadline is dropped (the
-//!   reservation stays until dispatch or cancellation).
+//!   stock item records its reservation and the allocation records `StockReserved`, or
+//!   nothing is reserved and the allocation records `StockRejected` with the shortages.
 //! - `OrderCancelled`, `PaymentDeclined`: release the reservation (a compensation).
+//! - `OrderRejected`: release the reservation. `PaymentTimedOut` releases it as `Expired`;
+//!   `PaymentDeclined` as `PaymentDeclined` (usually already released on the decline itself:
+//!   then a no-op); `OutOfStock` finds nothing reserved (a no-op).
 //! - `ShipmentDispatched`: the reservation becomes committed stock.
-//! - The reservation deadline: an unpaid reservation expires and is released.
+//!
+//! Inventory keeps no deadline. Ordering owns the payment deadline (ADR 0008): the `Order`
+//! aggregate is where "paid" and "timed out" meet, so it alone decides, and inventory
+//! releases the stock of an order that timed out when it hears of the rejection. The
+//! `expires_at` that `StockReserved` publishes is therefore informational only: a "held at
+//! least until" value, the `OrderPlaced` message's time (or now, if the message carries
+//! none) plus [`RESERVATION_HORIZON_MINUTES`]. Nothing acts on it.
 //!
 //! Every reaction is idempotent (the aggregates succeed with no events the second time), and a
 //! domain refusal is permanent: the message goes to the dead letters, visible, for an operator.
@@ -19,17 +25,18 @@ use bus::{ConsumerSpec, Handler, HandlerError, Received};
 use chrono::{DateTime, SubsecRound, Utc};
 use events::inventory::{AllocatedLine, ReleaseReason, Shortage};
 use events::naming::StreamName;
-use events::ordering::{OrderEvent, OrderPlaced};
+use events::ordering::{OrderEvent, OrderPlaced, RejectionReason};
 use events::payments::PaymentEvent;
 use events::shipping::ShipmentEvent;
 use events::values::{OrderId, Quantity, Sku};
 use events::{BoundedContext, Metadata};
-use eventstore::{CommandError, Deadline, DeadlineHandler, Repository, Store, UnitOfWork};
+use eventstore::{CommandError, Repository, Store, UnitOfWork};
 
-use crate::{Allocation, AllocationCommand, AllocationStatus, StockCommand, StockError, StockItem};
+use crate::{Allocation, AllocationCommand, StockCommand, StockError, StockItem};
 
-/// The deadline kind of an unpaid reservation; its key is the order id.
-pub const RESERVATION_EXPIRY: &str = "reservation-expiry";
+/// How far after the order was placed `StockReserved.expires_at` is set: an informational
+/// "held at least until" value (see the module doc), not a deadline inventory acts on.
+pub const RESERVATION_HORIZON_MINUTES: i64 = 15;
 
 /// The durable consumers inventory reacts through, with their filters.
 pub fn consumers() -> Vec<ConsumerSpec> {
@@ -37,12 +44,12 @@ pub fn consumers() -> Vec<ConsumerSpec> {
     let payments = BoundedContext::Payments.stream();
     let shipping = BoundedContext::Shipping.stream();
     vec![
-        consumer(&ordering, "order", &["OrderPlaced", "OrderCancelled"]),
         consumer(
-            &payments,
-            "payment",
-            &["PaymentCaptured", "PaymentDeclined"],
+            &ordering,
+            "order",
+            &["OrderPlaced", "OrderCancelled", "OrderRejected"],
         ),
+        consumer(&payments, "payment", &["PaymentDeclined"]),
         consumer(&shipping, "shipment", &["ShipmentDispatched"]),
     ]
 }
@@ -59,16 +66,13 @@ fn consumer(stream: &StreamName, aggregate_type: &str, event_types: &[&str]) -> 
 pub struct Reactions {
     stock: Repository<StockItem>,
     allocations: Repository<Allocation>,
-    /// How long a reservation waits for its payment.
-    reservation_ttl: chrono::Duration,
 }
 
 impl Reactions {
-    pub fn new(store: &Store, reservation_ttl: chrono::Duration) -> Self {
+    pub fn new(store: &Store) -> Self {
         Self {
             stock: Repository::new(store.clone(), ()),
             allocations: Repository::new(store.clone(), ()),
-            reservation_ttl,
         }
     }
 
@@ -76,7 +80,7 @@ impl Reactions {
         &self,
         uow: &mut UnitOfWork,
         placed: OrderPlaced,
-        now: DateTime<Utc>,
+        placed_at: DateTime<Utc>,
         metadata: &Metadata,
     ) -> Result<(), HandlerError> {
         let order_id = placed.order_id;
@@ -111,8 +115,9 @@ impl Reactions {
         }
         let id = order_id.to_string();
         if shortages.is_empty() {
-            // Microseconds, as PostgreSQL keeps the deadline: the two must compare equal.
-            let expires_at = (now + self.reservation_ttl).trunc_subsecs(6);
+            // Informational only (see the module doc); microseconds, as the store keeps time.
+            let horizon = chrono::Duration::minutes(RESERVATION_HORIZON_MINUTES);
+            let expires_at = (placed_at + horizon).trunc_subsecs(6);
             let record = AllocationCommand::RecordReserved {
                 order_id,
                 lines,
@@ -122,7 +127,6 @@ impl Reactions {
                 .execute(uow, &id, record, metadata)
                 .await
                 .map_err(failure)?;
-            uow.schedule_deadline(RESERVATION_EXPIRY, &id, expires_at, serde_json::json!({}));
         } else {
             uow.rollback_to(mark);
             let record = AllocationCommand::RecordRejected {
@@ -138,7 +142,7 @@ impl Reactions {
     }
 
     /// Runs `command` on the order's allocation; if it released or committed the reservation,
-    /// does the same to each stock item, and drops the deadline.
+    /// does the same to each stock item.
     async fn settle(
         &self,
         uow: &mut UnitOfWork,
@@ -169,22 +173,6 @@ impl Reactions {
                 .execute(uow, line.sku.as_str(), per_item.clone(), metadata)
                 .await
                 .map_err(failure)?;
-        }
-        uow.cancel_deadline(RESERVATION_EXPIRY, &id);
-        Ok(())
-    }
-
-    /// A paid reservation no longer expires. One that expired before the payment arrived stays
-    /// released: ordering rejects the order and payments refunds it.
-    async fn paid(&self, uow: &mut UnitOfWork, order_id: OrderId) -> Result<(), HandlerError> {
-        let id = order_id.to_string();
-        let (allocation, _) = self
-            .allocations
-            .current(uow, &id)
-            .await
-            .map_err(HandlerError::transient)?;
-        if allocation.status() == AllocationStatus::Reserved {
-            uow.cancel_deadline(RESERVATION_EXPIRY, &id);
         }
         Ok(())
     }
@@ -217,16 +205,25 @@ impl Handler for Reactions {
         match message.aggregate_type.as_str() {
             "order" => match message.decode::<OrderEvent>()? {
                 OrderEvent::OrderPlaced(placed) => {
-                    self.reserve(uow, placed, Utc::now(), &metadata).await
+                    let placed_at = message.occurred_at.unwrap_or_else(Utc::now);
+                    self.reserve(uow, placed, placed_at, &metadata).await
                 }
                 OrderEvent::OrderCancelled(c) => {
                     let reason = ReleaseReason::OrderCancelled;
                     self.release(uow, c.order_id, reason, &metadata).await
                 }
+                OrderEvent::OrderRejected(r) => {
+                    let reason = match r.reason {
+                        RejectionReason::PaymentTimedOut => ReleaseReason::Expired,
+                        RejectionReason::PaymentDeclined => ReleaseReason::PaymentDeclined,
+                        // Rejected because inventory reserved nothing: nothing to give back.
+                        RejectionReason::OutOfStock => return Ok(()),
+                    };
+                    self.release(uow, r.order_id, reason, &metadata).await
+                }
                 _ => Ok(()),
             },
             "payment" => match message.decode::<PaymentEvent>()? {
-                PaymentEvent::PaymentCaptured(c) => self.paid(uow, c.order_id).await,
                 PaymentEvent::PaymentDeclined(d) => {
                     let reason = ReleaseReason::PaymentDeclined;
                     self.release(uow, d.order_id, reason, &metadata).await
@@ -243,20 +240,5 @@ impl Handler for Reactions {
             // Not an event inventory reacts to: the consumers' filters keep these away.
             _ => Ok(()),
         }
-    }
-}
-
-impl DeadlineHandler for Reactions {
-    async fn fire(
-        &self,
-        uow: &mut UnitOfWork,
-        deadline: &Deadline,
-        now: DateTime<Utc>,
-    ) -> Result<(), String> {
-        let order_id: OrderId = deadline.key.parse().map_err(|e| format!("{e}"))?;
-        let command = AllocationCommand::Expire { now };
-        self.settle(uow, order_id, command, &Metadata::default())
-            .await
-            .map_err(|e| e.to_string())
     }
 }

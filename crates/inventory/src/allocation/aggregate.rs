@@ -4,8 +4,7 @@ use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use cqrs_es::event_sink::EventSink;
 use events::inventory::{
-    AllocatedLine, AllocationEvent, ReleaseReason, StockCommitted, StockRejected, StockReleased,
-    StockReserved,
+    AllocatedLine, AllocationEvent, StockCommitted, StockRejected, StockReleased, StockReserved,
 };
 use events::values::OrderId;
 use serde::{Deserialize, Serialize};
@@ -31,7 +30,7 @@ pub struct Allocation {
 }
 
 /// The states hold exactly what each needs, so a reserved allocation always knows its order,
-/// lines and deadline.
+/// lines and published horizon.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 enum State {
     #[default]
@@ -83,7 +82,9 @@ impl Allocation {
         self.reservation().map_or(&[], |r| r.lines.as_slice())
     }
 
-    /// When the reservation expires, if stock was ever reserved.
+    /// The informational "held at least until" time published with the reservation
+    /// (`StockReserved.expires_at`), if stock was ever reserved. Inventory does not act on it:
+    /// ordering owns the payment deadline and rejects the order when it passes.
     pub fn expires_at(&self) -> Option<DateTime<Utc>> {
         self.reservation().map(|r| r.expires_at)
     }
@@ -168,23 +169,6 @@ impl Aggregate for Allocation {
                 // Nothing is held: releasing again, or after a rejection, is harmless.
                 State::Released(_) | State::Rejected { .. } | State::Undecided => return Ok(()),
             },
-            AllocationCommand::Expire { now } => match &self.state {
-                State::Reserved(r) if now >= r.expires_at => StockReleased {
-                    order_id: r.order_id,
-                    reason: ReleaseReason::Expired,
-                }
-                .into(),
-                State::Reserved(r) => {
-                    return Err(AllocationError::NotDue {
-                        expires_at: r.expires_at,
-                    });
-                }
-                // The reservation ended some other way before its deadline fired.
-                State::Released(_)
-                | State::Committed(_)
-                | State::Rejected { .. }
-                | State::Undecided => return Ok(()),
-            },
             AllocationCommand::Commit => match &self.state {
                 State::Reserved(r) => StockCommitted {
                     order_id: r.order_id,
@@ -223,7 +207,7 @@ impl Aggregate for Allocation {
 #[cfg(test)]
 mod tests {
     use cqrs_es::test::TestFramework;
-    use events::inventory::Shortage;
+    use events::inventory::{ReleaseReason, Shortage};
     use events::values::{Quantity, Sku};
     use uuid::Uuid;
 
@@ -284,10 +268,6 @@ mod tests {
 
     fn release(reason: ReleaseReason) -> AllocationCommand {
         AllocationCommand::Release { reason }
-    }
-
-    fn expire(now: DateTime<Utc>) -> AllocationCommand {
-        AllocationCommand::Expire { now }
     }
 
     fn reserved() -> AllocationEvent {
@@ -375,18 +355,9 @@ mod tests {
             (undecided(), release(ReleaseReason::OrderCancelled), vec![]),
             (
                 is_reserved(),
-                expire(deadline()),
+                release(ReleaseReason::Expired),
                 vec![released(ReleaseReason::Expired)],
             ),
-            (
-                is_reserved(),
-                expire(at(10_000)),
-                vec![released(ReleaseReason::Expired)],
-            ),
-            (is_released(), expire(at(10_000)), vec![]),
-            (is_committed(), expire(at(10_000)), vec![]),
-            (is_rejected(), expire(at(10_000)), vec![]),
-            (undecided(), expire(at(10_000)), vec![]),
             (is_reserved(), AllocationCommand::Commit, vec![committed()]),
             (is_committed(), AllocationCommand::Commit, vec![]),
         ];
@@ -468,13 +439,6 @@ mod tests {
                 is_committed(),
                 release(ReleaseReason::OrderCancelled),
                 AllocationError::AlreadyCommitted,
-            ),
-            (
-                is_reserved(),
-                expire(at(899)),
-                AllocationError::NotDue {
-                    expires_at: deadline(),
-                },
             ),
             (
                 is_released(),
@@ -564,12 +528,6 @@ mod tests {
             (AllocationError::AlreadyCommitted, "already_committed"),
             (AllocationError::AlreadyReleased, "already_released"),
             (AllocationError::NotReserved, "not_reserved"),
-            (
-                AllocationError::NotDue {
-                    expires_at: deadline(),
-                },
-                "not_due",
-            ),
         ];
         for (error, code) in cases {
             assert_eq!(error.code(), code, "code of {error:?}");

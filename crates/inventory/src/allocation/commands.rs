@@ -8,7 +8,8 @@ use events::values::OrderId;
 /// in the same unit of work; the others follow the order's fate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AllocationCommand {
-    /// Every line was reserved, until `expires_at`. One line per SKU.
+    /// Every line was reserved; `expires_at` is informational (see the reactions). One line
+    /// per SKU.
     RecordReserved {
         order_id: OrderId,
         lines: Vec<AllocatedLine>,
@@ -19,10 +20,9 @@ pub enum AllocationCommand {
         order_id: OrderId,
         shortages: Vec<Shortage>,
     },
-    /// Give the reservation back (the order was cancelled or its payment declined).
+    /// Give the reservation back (the order was cancelled, or rejected: its payment declined
+    /// or timed out).
     Release { reason: ReleaseReason },
-    /// The deadline ticker fired: release the reservation if it is due.
-    Expire { now: DateTime<Utc> },
     /// The order was dispatched: the reserved units are gone for good.
     Commit,
 }

@@ -1,4 +1,3 @@
-use chrono::{DateTime, Utc};
 use events::values::Sku;
 
 /// Why an allocation refused a command.
@@ -18,8 +17,6 @@ pub enum AllocationError {
     AlreadyReleased,
     #[error("no stock is reserved for this order")]
     NotReserved,
-    #[error("the reservation does not expire before {expires_at}")]
-    NotDue { expires_at: DateTime<Utc> },
 }
 
 impl AllocationError {
@@ -33,7 +30,6 @@ impl AllocationError {
             Self::AlreadyCommitted => "already_committed",
             Self::AlreadyReleased => "already_released",
             Self::NotReserved => "not_reserved",
-            Self::NotDue { .. } => "not_due",
         }
     }
 }

@@ -3,14 +3,16 @@ use std::sync::Arc;
 use bus::{Handler, Received};
 use chrono::{Duration, Utc};
 use events::inventory::{AllocationEvent, ReleaseReason};
-use events::ordering::{Address, OrderCancelled, OrderEvent, OrderLine, OrderPlaced};
+use events::ordering::{
+    Address, OrderCancelled, OrderEvent, OrderLine, OrderPlaced, OrderRejected, RejectionReason,
+};
 use events::payments::{PaymentDeclined, PaymentEvent};
 use events::shipping::{ShipmentDispatched, ShipmentEvent};
 use events::values::{Currency, CustomerId, Money, OrderId, Quantity, Sku};
-use events::{Event, Metadata};
-use eventstore::{Repository, Store, Ticker, UnitOfWork};
+use events::{BoundedContext, Event, Metadata};
+use eventstore::{Repository, Store, UnitOfWork};
 use harness::TestDatabase;
-use inventory::reactions::{RESERVATION_EXPIRY, Reactions};
+use inventory::reactions::{RESERVATION_HORIZON_MINUTES, Reactions, consumers};
 use inventory::{Allocation, AllocationStatus, StockCommand, StockItem};
 
 struct Setup {
@@ -24,7 +26,7 @@ impl Setup {
         let db = TestDatabase::create().await.unwrap();
         let store = Store::from_pool(db.pool(10).await.unwrap());
         store.migrate().await.unwrap();
-        let reactions = Arc::new(Reactions::new(&store, Duration::minutes(15)));
+        let reactions = Arc::new(Reactions::new(&store));
         Self {
             store,
             reactions,
@@ -139,6 +141,17 @@ fn placed(order_id: OrderId, lines: &[(&str, u32)]) -> Received {
     message(event, order_id)
 }
 
+fn rejected(order_id: OrderId, reason: RejectionReason) -> Received {
+    message(
+        OrderEvent::from(OrderRejected {
+            order_id,
+            reason,
+            detail: "test".into(),
+        }),
+        order_id,
+    )
+}
+
 fn cancelled(order_id: OrderId) -> Received {
     message(
         OrderEvent::from(OrderCancelled {
@@ -150,7 +163,7 @@ fn cancelled(order_id: OrderId) -> Received {
 }
 
 #[tokio::test]
-async fn an_order_whose_lines_are_all_in_stock_reserves_them_all_until_a_deadline() {
+async fn an_order_whose_lines_are_all_in_stock_reserves_them_all_and_keeps_no_deadline() {
     let s = Setup::new().await;
     s.receive("APPLE", 5).await;
     s.receive("PEAR", 2).await;
@@ -169,21 +182,40 @@ async fn an_order_whose_lines_are_all_in_stock_reserves_them_all_until_a_deadlin
         "lines of one SKU add up"
     );
     assert_eq!(s.stock("PEAR").await.on_hand(), 0);
-    let deadline = s
-        .store
-        .deadline(RESERVATION_EXPIRY, &order.to_string())
-        .await
-        .unwrap()
-        .unwrap();
-    let expected = Utc::now() + Duration::minutes(15);
+    // The published horizon is informational: the message's time (here none: now) + 15 min.
+    let expires_at = s.allocation(order).await.expires_at().unwrap();
+    let expected = Utc::now() + Duration::minutes(RESERVATION_HORIZON_MINUTES);
     assert!(
-        (deadline.due_at - expected).num_seconds().abs() < 60,
-        "{deadline:?}"
+        (expires_at - expected).num_seconds().abs() < 60,
+        "{expires_at:?}"
     );
-    assert_eq!(
-        Some(deadline.due_at),
-        s.allocation(order).await.expires_at()
+    assert!(
+        s.store.failed_deadlines().await.unwrap().is_empty(),
+        "inventory keeps no deadline"
     );
+    let due = s
+        .store
+        .due_deadlines("reservation-expiry", Utc::now() + Duration::days(1), 100)
+        .await
+        .unwrap();
+    assert!(due.is_empty(), "inventory keeps no deadline: {due:?}");
+}
+
+#[tokio::test]
+async fn the_published_horizon_counts_from_when_the_order_was_placed() {
+    let s = Setup::new().await;
+    s.receive("APPLE", 1).await;
+    let order = OrderId::new();
+    let mut message = placed(order, &[("APPLE", 1)]);
+    let placed_at = "2030-01-01T10:00:00.123456789Z"
+        .parse::<chrono::DateTime<Utc>>()
+        .unwrap();
+    message.occurred_at = Some(placed_at);
+    s.handle(&[message]).await;
+    let expected = "2030-01-01T10:15:00.123456Z"
+        .parse::<chrono::DateTime<Utc>>()
+        .unwrap();
+    assert_eq!(s.allocation(order).await.expires_at(), Some(expected));
 }
 
 #[tokio::test]
@@ -214,17 +246,10 @@ async fn an_order_with_one_line_short_reserves_nothing_and_says_what_is_short() 
         "the line in stock was not reserved either"
     );
     assert_eq!(s.stock("PEAR").await.on_hand(), 1);
-    assert!(
-        s.store
-            .deadline(RESERVATION_EXPIRY, &order.to_string())
-            .await
-            .unwrap()
-            .is_none()
-    );
 }
 
 #[tokio::test]
-async fn cancellation_decline_dispatch_and_expiry_settle_the_reservation() {
+async fn cancellation_decline_dispatch_and_a_payment_timeout_settle_the_reservation() {
     let s = Setup::new().await;
     s.receive("APPLE", 10).await;
     let [cancelled_order, declined_order, shipped_order, unpaid_order] = [
@@ -249,17 +274,9 @@ async fn cancellation_decline_dispatch_and_expiry_settle_the_reservation() {
         tracking_number: None,
     });
     s.handle(&[message(dispatched, shipped_order)]).await;
-    // The ticker, past the unpaid order's deadline.
-    let ticker = Ticker::new(
-        s.store.clone(),
-        RESERVATION_EXPIRY,
-        Arc::clone(&s.reactions),
-    );
-    let fired = ticker
-        .tick(Utc::now() + Duration::minutes(16))
-        .await
-        .unwrap();
-    assert_eq!(fired, 1, "only the unpaid order's deadline was still there");
+    // Ordering's payment deadline passed: it rejected the unpaid order.
+    s.handle(&[rejected(unpaid_order, RejectionReason::PaymentTimedOut)])
+        .await;
 
     let reason_of = |events: Vec<AllocationEvent>| match events.last() {
         Some(AllocationEvent::StockReleased(r)) => Some(r.reason.clone()),
@@ -287,15 +304,6 @@ async fn cancellation_decline_dispatch_and_expiry_settle_the_reservation() {
         (8, 0, 2)
     );
     s.assert_conserved("APPLE").await;
-    for order in [cancelled_order, declined_order, shipped_order, unpaid_order] {
-        assert!(
-            s.store
-                .deadline(RESERVATION_EXPIRY, &order.to_string())
-                .await
-                .unwrap()
-                .is_none()
-        );
-    }
 }
 
 #[tokio::test]
@@ -372,37 +380,91 @@ async fn of_many_orders_racing_for_scarce_stock_only_as_many_as_there_are_units_
 }
 
 #[tokio::test]
-async fn a_paid_reservation_no_longer_expires() {
+async fn an_order_rejected_for_a_payment_timeout_releases_its_stock_as_expired() {
     let s = Setup::new().await;
     s.receive("APPLE", 2).await;
     let order = OrderId::new();
     s.handle(&[placed(order, &[("APPLE", 2)])]).await;
-    let captured = PaymentEvent::from(events::payments::PaymentCaptured {
-        order_id: order,
-        amount: Money::new(200, "EUR".parse().unwrap()),
-        provider_reference: "ref".into(),
-    });
-    s.handle(&[message(captured, order)]).await;
-    assert!(
-        s.store
-            .deadline(RESERVATION_EXPIRY, &order.to_string())
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert_eq!(s.stock("APPLE").await.on_hand(), 0);
 
-    let ticker = Ticker::new(
-        s.store.clone(),
-        RESERVATION_EXPIRY,
-        Arc::clone(&s.reactions),
-    );
-    assert_eq!(
-        ticker.tick(Utc::now() + Duration::hours(1)).await.unwrap(),
-        0
-    );
+    let timed_out = rejected(order, RejectionReason::PaymentTimedOut);
+    s.handle(std::slice::from_ref(&timed_out)).await;
+    // Redelivered: nothing more.
+    s.handle(&[timed_out]).await;
+
+    let events = s.allocation_events(order).await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    let Some(AllocationEvent::StockReleased(released)) = events.last() else {
+        panic!("expected a release, got {events:?}");
+    };
+    assert_eq!(released.reason, ReleaseReason::Expired);
     assert_eq!(
         s.allocation(order).await.status(),
-        AllocationStatus::Reserved
+        AllocationStatus::Released
     );
-    assert_eq!(s.stock("APPLE").await.reserved_for(order), 2);
+    let apple = s.stock("APPLE").await;
+    assert_eq!((apple.on_hand(), apple.reserved_for(order)), (2, 0));
+    s.assert_conserved("APPLE").await;
+}
+
+#[tokio::test]
+async fn other_rejections_release_at_most_once() {
+    let s = Setup::new().await;
+    s.receive("APPLE", 4).await;
+    let [declined, declined_late, short] = [OrderId::new(), OrderId::new(), OrderId::new()];
+    s.handle(&[placed(declined, &[("APPLE", 2)])]).await;
+    s.handle(&[placed(declined_late, &[("APPLE", 2)])]).await;
+    s.handle(&[placed(short, &[("APPLE", 1)])]).await;
+    assert_eq!(
+        s.allocation(short).await.status(),
+        AllocationStatus::Rejected
+    );
+
+    // The decline itself released the stock; the rejection that follows is a no-op.
+    let decline = PaymentEvent::from(PaymentDeclined {
+        order_id: declined,
+        reason: "card declined".into(),
+    });
+    s.handle(&[message(decline, declined)]).await;
+    s.handle(&[rejected(declined, RejectionReason::PaymentDeclined)])
+        .await;
+    assert_eq!(s.allocation_events(declined).await.len(), 2);
+
+    // A rejection heard before the decline releases the stock, as PaymentDeclined.
+    s.handle(&[rejected(declined_late, RejectionReason::PaymentDeclined)])
+        .await;
+    let events = s.allocation_events(declined_late).await;
+    let Some(AllocationEvent::StockReleased(released)) = events.last() else {
+        panic!("expected a release, got {events:?}");
+    };
+    assert_eq!(released.reason, ReleaseReason::PaymentDeclined);
+
+    // Out of stock: nothing was reserved, nothing is released.
+    s.handle(&[rejected(short, RejectionReason::OutOfStock)])
+        .await;
+    assert_eq!(s.allocation_events(short).await.len(), 1);
+    assert_eq!(
+        s.allocation(short).await.status(),
+        AllocationStatus::Rejected
+    );
+    assert_eq!(s.stock("APPLE").await.on_hand(), 4);
+    s.assert_conserved("APPLE").await;
+}
+
+#[tokio::test]
+async fn inventory_hears_of_rejections_and_no_longer_of_captures() {
+    let ordering = BoundedContext::Ordering.stream();
+    let payments = BoundedContext::Payments.stream();
+    let filters: Vec<String> = consumers()
+        .into_iter()
+        .flat_map(|spec| spec.filter_subjects)
+        .collect();
+    assert!(
+        filters.contains(&ordering.event_type_filter("order", "OrderRejected")),
+        "{filters:?}"
+    );
+    assert!(
+        !filters.contains(&payments.event_type_filter("payment", "PaymentCaptured")),
+        "{filters:?}"
+    );
 }

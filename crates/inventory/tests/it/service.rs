@@ -33,9 +33,7 @@ impl Service {
             nats_url: nats.url(),
             database_connections: 4,
         };
-        let host = service::start(&settings, chrono::Duration::minutes(15))
-            .await
-            .unwrap();
+        let host = service::start(&settings).await.unwrap();
         let store = host.store().clone();
         let shutdown = host.shutdown_token();
         let run = tokio::spawn(host.run(std::future::pending()));
