@@ -6,7 +6,7 @@
 //! - **Each order, across the contexts**: its allocation, payment and shipment agree with its
 //!   status (a confirmed order holds its stock and its money and has a shipment scheduled; a
 //!   rejected or cancelled one holds neither; a shipped one has committed its stock), and no
-//!   reservation deadline is left behind.
+//!   payment deadline is left behind in ordering's store (every order has ended its wait).
 //! - **Stock is conserved per SKU**: what was received (the `StockReceived` events) is on hand,
 //!   reserved or committed; what the stock items hold as reserved and committed is exactly
 //!   what the reserved and committed allocations say.
@@ -100,10 +100,10 @@ async fn contexts_agree(system: &System, order_id: OrderId, status: OrderStatus)
         OrderStatus::Placed => false,
     };
     assert!(agree, "the contexts disagree: {facts}");
-    let deadline = system.reservation_deadline(order_id).await;
+    let deadline = system.payment_deadline(order_id).await;
     assert!(
         deadline.is_none(),
-        "{facts}, yet a reservation deadline is left: {deadline:?}"
+        "{facts}, yet a payment deadline is left: {deadline:?}"
     );
 }
 

@@ -146,9 +146,9 @@ async fn a_declined_payment_rejects_the_order_and_releases_its_stock() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_payment_that_never_answers_lets_the_reservation_expire_and_rejects_the_order() {
+async fn a_payment_that_never_answers_times_out_rejects_the_order_and_releases_the_stock() {
     let system = System::start_with(Options {
-        reservation_ttl: chrono::Duration::seconds(3),
+        payment_timeout: chrono::Duration::seconds(3),
     })
     .await;
     system.define_product("CHAIR", 9_900).await;
@@ -412,20 +412,17 @@ async fn sagas_wait_for_a_stopped_service_and_finish_when_it_is_back() {
     assert_eq!(stock_levels(&system, "SOFA").await, (5, 5, 0));
 }
 
-/// A capture that lands while inventory is down, and inventory comes back after the
-/// reservation's deadline: the deadline and the capture race. Whichever wins, the contexts
-/// must end up agreeing (confirmed with its stock held, or rejected and refunded).
-///
-/// Today the deadline wins (the ticker fires at start-up, before the consumer has pulled the
-/// `PaymentCaptured`): inventory releases the stock of an order ordering has already
-/// confirmed, ordering dead-letters the `StockReleased { Expired }` ("already confirmed"),
-/// and the order stays confirmed and paid with no stock held for it. See tests/README.md.
+/// A capture that ordering learns of only after the order's payment deadline has passed: the
+/// capture and the timeout race in the `Order` aggregate, which owns the deadline (ADR 0008).
+/// Ordering is stopped while payments captures; it starts again after the deadline, so its
+/// ticker may fire before its consumer delivers the `PaymentCaptured`, or after. Whichever
+/// wins, the decision is taken once, in the order, and the contexts end up agreeing: confirmed
+/// with its stock held and no refund, or rejected `PaymentTimedOut` with the payment refunded
+/// and the stock released (`Expired`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "saga defect: an expiry that inventory fires after a capture it has not yet heard of \
-            releases the stock of a confirmed order (see tests/README.md)"]
-async fn a_capture_that_inventory_learns_of_after_the_deadline_leaves_the_contexts_agreeing() {
+async fn a_capture_that_ordering_learns_of_after_the_deadline_leaves_the_contexts_agreeing() {
     let mut system = System::start_with(Options {
-        reservation_ttl: chrono::Duration::seconds(3),
+        payment_timeout: chrono::Duration::seconds(3),
     })
     .await;
     system.define_product("CLOCK", 1_200).await;
@@ -438,17 +435,73 @@ async fn a_capture_that_inventory_learns_of_after_the_deadline_leaves_the_contex
         reader.allocation(order).await.status() == AllocationStatus::Reserved
     })
     .await;
-    let expires_at = system.allocation(order).await.expires_at().unwrap();
-    system.stop_service(BoundedContext::Inventory).await;
+    let due_at = system
+        .payment_deadline(order)
+        .await
+        .expect("ordering scheduled the payment deadline with the order")
+        .due_at;
+    system.stop_service(BoundedContext::Ordering).await;
     system.start_service(BoundedContext::Payments).await;
-    system.wait_for_status(order, OrderStatus::Confirmed).await;
-    wait("the reservation's deadline to pass", || async move {
-        chrono::Utc::now() > expires_at
+    let reader = &system;
+    wait(&format!("the payment of {order} captured"), || async move {
+        reader.payment(order).await.status() == PaymentStatus::Captured
     })
     .await;
-    system.start_service(BoundedContext::Inventory).await;
+    assert_eq!(
+        system.order_status(order).await,
+        Some(OrderStatus::Placed),
+        "ordering was stopped: it cannot have heard of the capture"
+    );
+    wait("the payment deadline to pass", || async move {
+        chrono::Utc::now() > due_at
+    })
+    .await;
+    system.start_service(BoundedContext::Ordering).await;
+    system
+        .wait_for_order(order, "confirmed or rejected", |status| {
+            matches!(status, Some(OrderStatus::Confirmed | OrderStatus::Rejected))
+        })
+        .await;
 
     system.settle().await;
     let status = system.order_status(order).await.unwrap();
     invariants::check(&system, &expect(&[(order, status)])).await;
+    let allocation = system.allocation_events(order).await;
+    let payment = system
+        .aggregate_events::<PaymentEvent>(BoundedContext::Payments, &order.to_string())
+        .await;
+    assert!(payment_events_captured(&payment), "{payment:?}");
+    match status {
+        OrderStatus::Confirmed => {
+            assert_eq!(
+                system.payment(order).await.status(),
+                PaymentStatus::Captured
+            );
+            assert_eq!(
+                system.allocation(order).await.status(),
+                AllocationStatus::Reserved
+            );
+            assert_eq!(stock_levels(&system, "CLOCK").await, (4, 1, 0));
+        }
+        OrderStatus::Rejected => {
+            assert_eq!(
+                system.rejection_reason(order).await,
+                Some(RejectionReason::PaymentTimedOut)
+            );
+            assert_eq!(
+                system.payment(order).await.status(),
+                PaymentStatus::Refunded
+            );
+            assert!(
+                matches!(
+                    allocation.as_slice(),
+                    [AllocationEvent::StockReserved(_), AllocationEvent::StockReleased(r)]
+                        if r.reason == ReleaseReason::Expired
+                ),
+                "{allocation:?}"
+            );
+            assert_eq!(stock_levels(&system, "CLOCK").await, (5, 0, 0));
+        }
+        other => panic!("order {order} ended {other:?}"),
+    }
 }

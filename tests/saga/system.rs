@@ -42,16 +42,16 @@ static SYSTEMS: Semaphore = Semaphore::const_new(2);
 /// The four contexts, in the order they are started.
 pub const CONTEXTS: [BoundedContext; 4] = BoundedContext::ALL;
 
-/// A system to start: how long inventory holds an unpaid reservation.
+/// A system to start: how long ordering waits for an order's payment before it rejects it.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
-    pub reservation_ttl: chrono::Duration,
+    pub payment_timeout: chrono::Duration,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Self {
-            reservation_ttl: chrono::Duration::seconds(60),
+            payment_timeout: chrono::Duration::seconds(60),
         }
     }
 }
@@ -81,7 +81,7 @@ pub struct System {
 }
 
 impl System {
-    /// Starts everything with the default options (a 60 s reservation TTL).
+    /// Starts everything with the default options (a 60 s payment timeout).
     pub async fn start() -> Self {
         Self::start_with(Options::default()).await
     }
@@ -146,10 +146,10 @@ impl System {
         );
         let settings = self.settings(context);
         let started = match context {
-            BoundedContext::Ordering => ordering::service::start(&settings).await,
-            BoundedContext::Inventory => {
-                inventory::service::start(&settings, self.options.reservation_ttl).await
+            BoundedContext::Ordering => {
+                ordering::service::start(&settings, self.options.payment_timeout).await
             }
+            BoundedContext::Inventory => inventory::service::start(&settings).await,
             BoundedContext::Payments => {
                 let provider: Arc<dyn payments::PaymentProvider> = self.provider.clone();
                 payments::service::start(&settings, provider).await
@@ -365,13 +365,10 @@ impl System {
         .await
     }
 
-    /// The reservation deadline of the order, if inventory still holds one.
-    pub async fn reservation_deadline(&self, order_id: OrderId) -> Option<eventstore::Deadline> {
-        self.store(BoundedContext::Inventory)
-            .deadline(
-                inventory::reactions::RESERVATION_EXPIRY,
-                &order_id.to_string(),
-            )
+    /// The payment deadline of the order, if ordering still holds one.
+    pub async fn payment_deadline(&self, order_id: OrderId) -> Option<eventstore::Deadline> {
+        self.store(BoundedContext::Ordering)
+            .deadline(ordering::PAYMENT_TIMEOUT, &order_id.to_string())
             .await
             .expect("deadline lookup")
     }

@@ -20,8 +20,8 @@ pub struct Config {
     pub nats_port: u16,
     /// Where the private nats-server keeps its data (`CHORUS_DATA_DIR`).
     pub data_dir: PathBuf,
-    /// How long a reservation waits for its payment (`INVENTORY_RESERVATION_TTL_SECONDS`).
-    pub reservation_ttl: chrono::Duration,
+    /// How long an order waits for its payment (`ORDERING_PAYMENT_TIMEOUT_SECONDS`).
+    pub payment_timeout: chrono::Duration,
 }
 
 impl Config {
@@ -43,8 +43,8 @@ impl Config {
             nats_port,
             data_dir: var("CHORUS_DATA_DIR")
                 .map_or_else(|| PathBuf::from(".chorus"), PathBuf::from),
-            reservation_ttl: inventory::service::parse_reservation_ttl(
-                var("INVENTORY_RESERVATION_TTL_SECONDS").as_deref(),
+            payment_timeout: ordering::service::parse_payment_timeout(
+                var(ordering::service::PAYMENT_TIMEOUT_VAR).as_deref(),
             )?,
         })
     }
@@ -83,10 +83,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             database_connections: 8,
         };
         let started = match context {
-            BoundedContext::Ordering => ordering::service::start(&settings).await,
-            BoundedContext::Inventory => {
-                inventory::service::start(&settings, config.reservation_ttl).await
+            BoundedContext::Ordering => {
+                ordering::service::start(&settings, config.payment_timeout).await
             }
+            BoundedContext::Inventory => inventory::service::start(&settings).await,
             BoundedContext::Payments => {
                 let provider = payments::Resilient::new(
                     payments::Simulator::default(),

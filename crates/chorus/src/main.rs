@@ -26,11 +26,11 @@ enum Command {
     /// Starts a private nats-server (data under CHORUS_DATA_DIR, default `.chorus/`), creates
     /// a database per context on the PostgreSQL at DATABASE_URL (default
     /// postgres://postgres@127.0.0.1:5432/postgres), and runs the ordering, inventory, payments
-    /// and shipping services: event stores, relays, consumers, the reservation ticker, and the
-    /// command endpoints `chorus.<context>.<command>`. Set CHORUS_NATS_URL to use a running
-    /// nats-server (2.12 or newer) instead of starting one; CHORUS_NATS_PORT picks the private
-    /// server's port (default 4300); INVENTORY_RESERVATION_TTL_SECONDS how long a reservation
-    /// waits for its payment (default 900).
+    /// and shipping services: event stores, relays, consumers, ordering's payment-timeout
+    /// ticker, and the command endpoints `chorus.<context>.<command>`. Set CHORUS_NATS_URL to
+    /// use a running nats-server (2.12 or newer) instead of starting one; CHORUS_NATS_PORT
+    /// picks the private server's port (default 4300); ORDERING_PAYMENT_TIMEOUT_SECONDS how
+    /// long an order waits for its payment before it is rejected (default 900).
     Dev,
 }
 
