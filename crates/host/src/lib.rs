@@ -276,6 +276,51 @@ fn request_metadata(message: &async_nats::Message) -> Metadata {
     }
 }
 
+/// The `main` of a service binary: sets up logging, runs `run` on a multi-threaded runtime,
+/// and exits with 1 (the error on stderr, with its causes) if it fails.
+///
+/// Logs go to stderr, filtered by `RUST_LOG` (default `info,sqlx=warn`), as text or, with
+/// `CHORUS_LOG_FORMAT=json`, as JSON lines.
+pub fn main<F, Fut>(name: &str, run: F) -> std::process::ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let outcome = init_logging().and_then(|()| {
+        let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+        runtime.block_on(run())
+    });
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "{name} failed");
+            eprintln!("{name}: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() -> anyhow::Result<()> {
+    let json = match std::env::var("CHORUS_LOG_FORMAT").ok().as_deref() {
+        None | Some("" | "text") => false,
+        Some("json") => true,
+        Some(other) => anyhow::bail!("CHORUS_LOG_FORMAT={other:?} is not text or json"),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,sqlx=warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
+    Ok(())
+}
+
 /// Resolves when the process gets Ctrl-C or SIGTERM.
 pub async fn signal() {
     let ctrl_c = tokio::signal::ctrl_c();
