@@ -23,6 +23,6 @@ pub mod service;
 pub mod simulator;
 
 pub use payment::{MAX_PAYMENT_TOKEN_CHARS, Payment, PaymentCommand, PaymentError, PaymentStatus};
-pub use provider::{CaptureOutcome, PaymentProvider, ProviderError, ProviderFuture};
+pub use provider::{CancelOutcome, CaptureOutcome, PaymentProvider, ProviderError, ProviderFuture};
 pub use resilient::{ResiliencePolicy, Resilient};
 pub use simulator::Simulator;

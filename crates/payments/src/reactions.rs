@@ -8,13 +8,16 @@
 //!   before its `OrderPlaced` (the two come from different streams, through different
 //!   consumers) is transient too: the request is on its way.
 //! - `OrderCancelled`: cancel the payment, a compensation: refund what was captured
-//!   (`PaymentRefunded`), void what was not (`PaymentVoided`).
+//!   (`PaymentRefunded`). A payment not captured as far as payments knows is cancelled at the
+//!   provider, which decides per order (ADR 0009): `PaymentVoided` if nothing was taken, or
+//!   `PaymentCaptured` then `PaymentRefunded` if a capture racing in the other consumer got
+//!   there first (its own commit then conflicts, and its rerun finds the payment refunded).
 //! - `OrderRejected`: cancel the payment too, whatever the reason. Ordering ignores a capture
 //!   that arrives after it rejected the order: the reservation may have expired while the capture
 //!   was being retried (`RejectionReason::PaymentTimedOut`), and the capture then lands on an
 //!   order that will never ship. Payments must give that money back, so it refunds a payment
-//!   captured late; a payment not captured yet is voided, so that a capture retried later
-//!   calls nothing; a declined one has nothing to undo.
+//!   captured late; a payment not captured yet is cancelled at the provider, so that a capture
+//!   retried later is declined there; a declined one has nothing to undo.
 //!
 //! Every reaction is idempotent: the `Payment` aggregate succeeds with no events, and without
 //! calling the provider, when the command is already satisfied. A domain refusal (an amount

@@ -8,7 +8,9 @@ use events::values::{Money, OrderId};
 use tokio::time::{Instant, sleep, timeout};
 use tracing::{info, warn};
 
-use crate::provider::{CaptureOutcome, PaymentProvider, ProviderError, ProviderFuture};
+use crate::provider::{
+    CancelOutcome, CaptureOutcome, PaymentProvider, ProviderError, ProviderFuture,
+};
 
 /// The reason given when the breaker refuses a call without trying the provider.
 const CIRCUIT_OPEN: &str = "circuit open";
@@ -45,7 +47,7 @@ impl Default for ResiliencePolicy {
 
 /// A [`PaymentProvider`] that calls `inner` with a timeout per attempt, retries timeouts and
 /// unavailability with exponential backoff, and opens a circuit breaker after too many failed
-/// calls in a row. Captures and refunds share the breaker: they reach the same provider.
+/// calls in a row. Captures, refunds and cancels share the breaker: they reach the same provider.
 ///
 /// Retrying is safe because the port promises idempotency per order. A declined capture is an
 /// answer, not a failure: it is returned at once and counts as a success for the breaker.
@@ -226,6 +228,12 @@ impl<P: PaymentProvider> PaymentProvider for Resilient<P> {
             self.inner.refund(order_id, amount, reference)
         }))
     }
+
+    fn cancel(&self, order_id: OrderId, amount: Money) -> ProviderFuture<'_, CancelOutcome> {
+        Box::pin(self.call("cancel", order_id, move || {
+            self.inner.cancel(order_id, amount)
+        }))
+    }
 }
 
 /// A call the breaker let through, until its outcome is recorded.
@@ -272,7 +280,7 @@ mod tests {
     /// How the test double answers.
     #[derive(Debug, Clone, Copy)]
     enum Mode {
-        /// Captures and refunds succeed.
+        /// Captures, refunds and cancels succeed.
         Up,
         /// Every call fails as unavailable.
         Down,
@@ -340,6 +348,10 @@ mod tests {
         fn refund<'a>(&'a self, _: OrderId, _: Money, _: &'a str) -> ProviderFuture<'a, String> {
             self.answer("ref".to_owned(), None)
         }
+
+        fn cancel(&self, _: OrderId, _: Money) -> ProviderFuture<'_, CancelOutcome> {
+            self.answer(CancelOutcome::Voided, None)
+        }
     }
 
     fn down() -> ProviderError {
@@ -376,6 +388,10 @@ mod tests {
         provider.refund(order_id(), eur(4200), "cap").await
     }
 
+    async fn cancel<P: PaymentProvider>(provider: &P) -> Result<CancelOutcome, ProviderError> {
+        provider.cancel(order_id(), eur(4200)).await
+    }
+
     /// Fails `threshold` calls in a row (default policy), which opens the breaker.
     async fn open_the_breaker(provider: &Resilient<Double>) {
         provider.inner().set(Mode::Down);
@@ -399,6 +415,10 @@ mod tests {
         let provider = resilient(Mode::FailFirst(2));
         assert_eq!(refund(&provider).await, Ok("ref".to_owned()));
         assert_eq!(provider.inner().calls(), 3, "refunds are retried too");
+
+        let provider = resilient(Mode::FailFirst(2));
+        assert_eq!(cancel(&provider).await, Ok(CancelOutcome::Voided));
+        assert_eq!(provider.inner().calls(), 3, "cancels are retried too");
     }
 
     #[tokio::test(start_paused = true)]
@@ -416,6 +436,10 @@ mod tests {
         let provider = resilient(Mode::Hang);
         assert_eq!(refund(&provider).await, Err(ProviderError::Timeout));
         assert_eq!(provider.inner().calls(), 3, "refunds time out too");
+
+        let provider = resilient(Mode::Hang);
+        assert_eq!(cancel(&provider).await, Err(ProviderError::Timeout));
+        assert_eq!(provider.inner().calls(), 3, "cancels time out too");
     }
 
     #[tokio::test(start_paused = true)]
@@ -462,6 +486,11 @@ mod tests {
             refund(&provider).await,
             circuit_open(),
             "refunds share the breaker"
+        );
+        assert_eq!(
+            cancel(&provider).await,
+            circuit_open(),
+            "cancels share the breaker"
         );
         assert_eq!(
             provider.inner().calls(),

@@ -7,7 +7,9 @@ use std::sync::{Mutex, PoisonError};
 
 use events::values::{Money, OrderId};
 
-use crate::provider::{CaptureOutcome, PaymentProvider, ProviderError, ProviderFuture};
+use crate::provider::{
+    CancelOutcome, CaptureOutcome, PaymentProvider, ProviderError, ProviderFuture,
+};
 
 /// Captures succeed, with the reference `sim-cap-<order id>`.
 pub const TOKEN_SUCCESS: &str = "tok_success";
@@ -24,16 +26,28 @@ pub const FLAKY_FAILURES: u32 = 2;
 /// succeed, with the reference `sim-ref-<order id>`. It answers at once: timing, retries and
 /// circuit breaking belong to the wrapper around the port ([`Resilient`](crate::Resilient)),
 /// not to an adapter.
+///
+/// Like a real provider, it keeps what it did for each order, and decides captures and cancels
+/// of one order one at a time (under one lock): a cancel after a capture refunds it
+/// ([`CancelOutcome::Refunded`]); a cancel before any capture voids the order
+/// ([`CancelOutcome::Voided`]) and every later capture for it is declined ("voided").
 #[derive(Debug, Default)]
 pub struct Simulator {
-    calls: Mutex<HashMap<OrderId, Calls>>,
+    orders: Mutex<HashMap<OrderId, OrderState>>,
 }
 
-/// How often the simulator was called for one order.
-#[derive(Debug, Default, Clone, Copy)]
-struct Calls {
-    capture: u32,
-    refund: u32,
+/// What the simulator did for one order, and how often it was called for it.
+#[derive(Debug, Default, Clone)]
+struct OrderState {
+    capture_calls: u32,
+    refund_calls: u32,
+    cancel_calls: u32,
+    /// The capture's reference, once the money was taken.
+    captured: Option<String>,
+    /// The refund's reference, once the capture was paid back.
+    refunded: Option<String>,
+    /// Cancelled before any capture: no capture will ever be made.
+    voided: bool,
 }
 
 impl Simulator {
@@ -43,25 +57,30 @@ impl Simulator {
 
     /// How many capture calls the order received (for tests: a capture must not be repeated).
     pub fn capture_calls(&self, order_id: OrderId) -> u32 {
-        self.calls_for(order_id).capture
+        self.with_order(order_id, |o| o.capture_calls)
     }
 
-    /// How many refund calls the order received.
+    /// How many refund calls the order received (cancels not included).
     pub fn refund_calls(&self, order_id: OrderId) -> u32 {
-        self.calls_for(order_id).refund
+        self.with_order(order_id, |o| o.refund_calls)
     }
 
-    fn calls_for(&self, order_id: OrderId) -> Calls {
-        self.record(order_id, |_| {})
+    /// How many cancel calls the order received.
+    pub fn cancel_calls(&self, order_id: OrderId) -> u32 {
+        self.with_order(order_id, |o| o.cancel_calls)
     }
 
-    /// Updates the order's call counts and returns them. A panic elsewhere while holding the
-    /// lock cannot leave the counts half-written, so a poisoned lock is still usable.
-    fn record(&self, order_id: OrderId, update: impl FnOnce(&mut Calls)) -> Calls {
-        let mut calls = self.calls.lock().unwrap_or_else(PoisonError::into_inner);
-        let entry = calls.entry(order_id).or_default();
-        update(entry);
-        *entry
+    /// Whether money is taken for the order and not paid back, at the provider.
+    pub fn holds_money(&self, order_id: OrderId) -> bool {
+        self.with_order(order_id, |o| o.captured.is_some() && o.refunded.is_none())
+    }
+
+    /// Runs `f` on the order's state, under the lock: one decision per order at a time. A
+    /// panic elsewhere while holding the lock cannot leave a state half-written (each decision
+    /// is made before it is written), so a poisoned lock is still usable.
+    fn with_order<T>(&self, order_id: OrderId, f: impl FnOnce(&mut OrderState) -> T) -> T {
+        let mut orders = self.orders.lock().unwrap_or_else(PoisonError::into_inner);
+        f(orders.entry(order_id).or_default())
     }
 
     fn decide_capture(
@@ -69,24 +88,68 @@ impl Simulator {
         order_id: OrderId,
         token: &str,
     ) -> Result<CaptureOutcome, ProviderError> {
-        let attempt = self.record(order_id, |c| c.capture += 1).capture;
-        // The same reference for every capture of an order: the port's idempotency promise.
-        let captured = || CaptureOutcome::Captured {
-            reference: format!("sim-cap-{order_id}"),
-        };
-        let declined = |reason: &str| CaptureOutcome::Declined {
-            reason: reason.to_owned(),
-        };
-        match token {
-            TOKEN_SUCCESS => Ok(captured()),
-            TOKEN_DECLINE => Ok(declined("card declined")),
-            TOKEN_TIMEOUT => Err(ProviderError::Timeout),
-            TOKEN_FLAKY if attempt <= FLAKY_FAILURES => Err(ProviderError::Unavailable(format!(
-                "simulated transient failure {attempt} of {FLAKY_FAILURES}"
-            ))),
-            TOKEN_FLAKY => Ok(captured()),
-            _ => Ok(declined("unknown test token")),
-        }
+        self.with_order(order_id, |order| {
+            order.capture_calls += 1;
+            let attempt = order.capture_calls;
+            let declined = |reason: &str| {
+                Ok(CaptureOutcome::Declined {
+                    reason: reason.to_owned(),
+                })
+            };
+            // The same reference for every capture of an order: the port's idempotency promise.
+            if let Some(reference) = &order.captured {
+                return Ok(CaptureOutcome::Captured {
+                    reference: reference.clone(),
+                });
+            }
+            if order.voided {
+                return declined("voided");
+            }
+            let mut capture = || {
+                let reference = format!("sim-cap-{order_id}");
+                order.captured = Some(reference.clone());
+                Ok(CaptureOutcome::Captured { reference })
+            };
+            match token {
+                TOKEN_SUCCESS => capture(),
+                TOKEN_DECLINE => declined("card declined"),
+                TOKEN_TIMEOUT => Err(ProviderError::Timeout),
+                TOKEN_FLAKY if attempt <= FLAKY_FAILURES => Err(ProviderError::Unavailable(
+                    format!("simulated transient failure {attempt} of {FLAKY_FAILURES}"),
+                )),
+                TOKEN_FLAKY => capture(),
+                _ => declined("unknown test token"),
+            }
+        })
+    }
+
+    fn decide_refund(&self, order_id: OrderId) -> String {
+        self.with_order(order_id, |order| {
+            order.refund_calls += 1;
+            order
+                .refunded
+                .get_or_insert_with(|| format!("sim-ref-{order_id}"))
+                .clone()
+        })
+    }
+
+    fn decide_cancel(&self, order_id: OrderId) -> CancelOutcome {
+        self.with_order(order_id, |order| {
+            order.cancel_calls += 1;
+            match order.captured.clone() {
+                Some(capture_reference) => CancelOutcome::Refunded {
+                    capture_reference,
+                    refund_reference: order
+                        .refunded
+                        .get_or_insert_with(|| format!("sim-ref-{order_id}"))
+                        .clone(),
+                },
+                None => {
+                    order.voided = true;
+                    CancelOutcome::Voided
+                }
+            }
+        })
     }
 }
 
@@ -106,8 +169,11 @@ impl PaymentProvider for Simulator {
         _amount: Money,
         _reference: &'a str,
     ) -> ProviderFuture<'a, String> {
-        self.record(order_id, |c| c.refund += 1);
-        Box::pin(ready(Ok(format!("sim-ref-{order_id}"))))
+        Box::pin(ready(Ok(self.decide_refund(order_id))))
+    }
+
+    fn cancel(&self, order_id: OrderId, _amount: Money) -> ProviderFuture<'_, CancelOutcome> {
+        Box::pin(ready(Ok(self.decide_cancel(order_id))))
     }
 }
 
@@ -128,30 +194,38 @@ mod tests {
     #[tokio::test]
     async fn each_test_token_drives_its_path() {
         let sim = Simulator::new();
-        let id = order(1);
-        let captured = Ok(CaptureOutcome::Captured {
-            reference: format!("sim-cap-{id}"),
-        });
+        let captured = |id: OrderId| {
+            Ok(CaptureOutcome::Captured {
+                reference: format!("sim-cap-{id}"),
+            })
+        };
         let declined = |reason: &str| {
             Ok(CaptureOutcome::Declined {
                 reason: reason.to_owned(),
             })
         };
-        assert_eq!(sim.capture(id, eur(100), TOKEN_SUCCESS).await, captured);
         assert_eq!(
-            sim.capture(id, eur(100), TOKEN_DECLINE).await,
+            sim.capture(order(1), eur(100), TOKEN_SUCCESS).await,
+            captured(order(1))
+        );
+        assert_eq!(
+            sim.capture(order(2), eur(100), TOKEN_DECLINE).await,
             declined("card declined")
         );
         assert_eq!(
-            sim.capture(id, eur(100), "tok_nonsense").await,
+            sim.capture(order(3), eur(100), "tok_nonsense").await,
             declined("unknown test token")
         );
         for _ in 0..3 {
             assert_eq!(
-                sim.capture(id, eur(100), TOKEN_TIMEOUT).await,
+                sim.capture(order(4), eur(100), TOKEN_TIMEOUT).await,
                 Err(ProviderError::Timeout),
                 "a timeout token never recovers"
             );
+        }
+        assert!(sim.holds_money(order(1)));
+        for id in [order(2), order(3), order(4)] {
+            assert!(!sim.holds_money(id), "{id}");
         }
     }
 
@@ -186,5 +260,69 @@ mod tests {
         assert_eq!(sim.refund(id, eur(100), "sim-cap").await, refund);
         assert_eq!((sim.capture_calls(id), sim.refund_calls(id)), (2, 2));
         assert_eq!(sim.capture_calls(order(8)), 0);
+    }
+
+    #[tokio::test]
+    async fn cancel_before_any_capture_voids_and_every_later_capture_is_declined() {
+        let sim = Simulator::new();
+        let id = order(9);
+        assert_eq!(sim.cancel(id, eur(100)).await, Ok(CancelOutcome::Voided));
+        for _ in 0..2 {
+            assert_eq!(
+                sim.capture(id, eur(100), TOKEN_SUCCESS).await,
+                Ok(CaptureOutcome::Declined {
+                    reason: "voided".to_owned()
+                })
+            );
+        }
+        assert_eq!(
+            sim.cancel(id, eur(100)).await,
+            Ok(CancelOutcome::Voided),
+            "a repeated cancel gives the same outcome"
+        );
+        assert!(!sim.holds_money(id));
+        assert_eq!((sim.capture_calls(id), sim.cancel_calls(id)), (2, 2));
+    }
+
+    #[tokio::test]
+    async fn cancel_after_a_capture_refunds_it_once() {
+        let sim = Simulator::new();
+        let id = order(10);
+        let capture = sim.capture(id, eur(100), TOKEN_SUCCESS).await;
+        assert!(sim.holds_money(id));
+        let refunded = Ok(CancelOutcome::Refunded {
+            capture_reference: format!("sim-cap-{id}"),
+            refund_reference: format!("sim-ref-{id}"),
+        });
+        assert_eq!(sim.cancel(id, eur(100)).await, refunded);
+        assert_eq!(sim.cancel(id, eur(100)).await, refunded, "idempotent");
+        assert!(!sim.holds_money(id));
+        assert_eq!(
+            sim.capture(id, eur(100), TOKEN_SUCCESS).await,
+            capture,
+            "a capture retried after the cancel changes nothing"
+        );
+        assert!(!sim.holds_money(id));
+        assert_eq!(
+            sim.refund(id, eur(100), "sim-cap").await,
+            Ok(format!("sim-ref-{id}")),
+            "a refund after the cancel names the same refund"
+        );
+    }
+
+    #[tokio::test]
+    async fn cancel_after_failed_captures_voids() {
+        let sim = Simulator::new();
+        let id = order(11);
+        assert!(sim.capture(id, eur(100), TOKEN_FLAKY).await.is_err());
+        assert_eq!(sim.cancel(id, eur(100)).await, Ok(CancelOutcome::Voided));
+        for _ in 0..3 {
+            assert_eq!(
+                sim.capture(id, eur(100), TOKEN_FLAKY).await,
+                Ok(CaptureOutcome::Declined {
+                    reason: "voided".to_owned()
+                })
+            );
+        }
     }
 }

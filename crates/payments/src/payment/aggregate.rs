@@ -10,7 +10,7 @@ use events::values::{Money, OrderId};
 use serde::{Deserialize, Serialize};
 
 use super::{PaymentCommand, PaymentError};
-use crate::provider::{CaptureOutcome, PaymentProvider};
+use crate::provider::{CancelOutcome, CaptureOutcome, PaymentProvider};
 
 /// The longest payment token accepted, in characters (the same bound as ordering's).
 pub const MAX_PAYMENT_TOKEN_CHARS: usize = 200;
@@ -163,11 +163,38 @@ impl Aggregate for Payment {
             }
             PaymentCommand::Cancel => {
                 // A cancellation may reach payments before the request: nothing to undo.
-                let Some(order_id) = self.request.as_ref().map(|r| r.order_id) else {
+                let Some((order_id, requested)) =
+                    self.request.as_ref().map(|r| (r.order_id, r.amount))
+                else {
                     return Ok(());
                 };
                 match &self.stage {
-                    Stage::Open => sink.write(PaymentVoided { order_id }.into(), self).await,
+                    // Not captured as far as this payment knows, but a capture may be in flight
+                    // in another consumer: only the provider knows. It decides per order, so
+                    // its answer is the truth (ADR 0009). A provider error fails the command
+                    // with no events: the consumer retries.
+                    Stage::Open => match provider.cancel(order_id, requested).await? {
+                        CancelOutcome::Voided => {
+                            sink.write(PaymentVoided { order_id }.into(), self).await;
+                        }
+                        CancelOutcome::Refunded {
+                            capture_reference,
+                            refund_reference,
+                        } => {
+                            let captured = PaymentCaptured {
+                                order_id,
+                                amount: requested,
+                                provider_reference: capture_reference,
+                            };
+                            sink.write(captured.into(), self).await;
+                            let refunded = PaymentRefunded {
+                                order_id,
+                                amount: requested,
+                                provider_reference: refund_reference,
+                            };
+                            sink.write(refunded.into(), self).await;
+                        }
+                    },
                     Stage::Captured { amount, reference } => {
                         let amount = *amount;
                         let refund_reference = provider.refund(order_id, amount, reference).await?;
@@ -352,6 +379,10 @@ mod tests {
         fn refund<'a>(&'a self, _: OrderId, _: Money, _: &'a str) -> ProviderFuture<'a, String> {
             Box::pin(ready(Err(ProviderError::Unavailable("down".to_owned()))))
         }
+
+        fn cancel(&self, _: OrderId, _: Money) -> ProviderFuture<'_, CancelOutcome> {
+            Box::pin(ready(Err(ProviderError::Unavailable("down".to_owned()))))
+        }
     }
 
     #[test]
@@ -484,12 +515,63 @@ mod tests {
     }
 
     #[test]
-    fn cancel_before_capture_voids_the_payment() {
+    fn cancel_before_capture_voids_the_payment_at_the_provider() {
         let sim = Arc::new(Simulator::new());
         given(&sim, "requested")
             .when(PaymentCommand::Cancel)
             .then_expect_events(vec![voided()]);
         assert_eq!(sim.refund_calls(order_id()), 0);
+        assert_eq!(sim.cancel_calls(order_id()), 1);
+    }
+
+    #[test]
+    fn cancel_racing_a_capture_the_provider_already_made_records_the_capture_and_its_refund() {
+        let sim = Arc::new(Simulator::new());
+        // A capture in another consumer reached the provider; its events are not committed.
+        let capture = futures_ready(sim.capture(order_id(), eur(4200), TOKEN_SUCCESS));
+        assert!(matches!(capture, Ok(CaptureOutcome::Captured { .. })));
+        given(&sim, "requested")
+            .when(PaymentCommand::Cancel)
+            .then_expect_events(vec![captured(), refunded()]);
+        assert!(!sim.holds_money(order_id()), "the money was paid back");
+
+        // The capture's rerun finds the payment refunded and calls nothing.
+        given_events(&sim, vec![requested(), captured(), refunded()])
+            .when(PaymentCommand::Capture)
+            .then_expect_events(vec![]);
+        assert_eq!(sim.capture_calls(order_id()), 1);
+    }
+
+    #[test]
+    fn capture_after_a_cancel_at_the_provider_is_declined_as_voided() {
+        let sim = Arc::new(Simulator::new());
+        given(&sim, "requested")
+            .when(PaymentCommand::Cancel)
+            .then_expect_events(vec![voided()]);
+        // A capture that read the payment before the void was committed.
+        given(&sim, "requested")
+            .when(PaymentCommand::Capture)
+            .then_expect_events(vec![declined("voided")]);
+        assert!(!sim.holds_money(order_id()));
+    }
+
+    #[test]
+    fn cancel_whose_void_cannot_reach_the_provider_fails_with_no_events() {
+        let down: Arc<dyn PaymentProvider> = Arc::new(Down);
+        let result = TestFramework::<Payment>::with(down)
+            .given(history("requested"))
+            .when(PaymentCommand::Cancel)
+            .inspect_result();
+        let expected = PaymentError::Provider(ProviderError::Unavailable("down".to_owned()));
+        assert_eq!(result, Err(expected));
+    }
+
+    /// Polls a future that is ready at once (the simulator's answers are).
+    fn futures_ready<T>(future: ProviderFuture<'_, T>) -> Result<T, ProviderError> {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(future)
     }
 
     #[test]
@@ -501,6 +583,7 @@ mod tests {
                 .inspect_result();
             assert_eq!(events, Ok(vec![]), "cancel after {name}");
             assert_eq!(sim.refund_calls(order_id()), 0, "refund after {name}");
+            assert_eq!(sim.cancel_calls(order_id()), 0, "cancel after {name}");
         }
     }
 
