@@ -65,6 +65,25 @@ impl HandlerError {
     }
 }
 
+/// The usual kind of a command's failure in a reaction: a refusal by the aggregate, an invalid
+/// id or an oversized event will never succeed; a conflict or a store failure may.
+impl<E: std::error::Error + Send + Sync + 'static> From<eventstore::CommandError<E>>
+    for HandlerError
+{
+    fn from(error: eventstore::CommandError<E>) -> Self {
+        use eventstore::CommandError;
+        match error {
+            CommandError::Rejected(e) => Self::permanent(e.to_string()),
+            e @ (CommandError::InvalidId(_) | CommandError::EventTooLarge { .. }) => {
+                Self::permanent(e.to_string())
+            }
+            e @ (CommandError::Conflict { .. } | CommandError::Store(_)) => {
+                Self::transient(e.to_string())
+            }
+        }
+    }
+}
+
 /// Reacts to messages: turns a message into commands executed in the unit of work.
 pub trait Handler: Send + Sync + 'static {
     fn handle(

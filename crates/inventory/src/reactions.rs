@@ -110,7 +110,7 @@ impl Reactions {
                     requested,
                     available,
                 }),
-                Err(e) => return Err(failure(e)),
+                Err(e) => return Err(HandlerError::from(e)),
             }
         }
         let id = order_id.to_string();
@@ -126,7 +126,7 @@ impl Reactions {
             self.allocations
                 .execute(uow, &id, record, metadata)
                 .await
-                .map_err(failure)?;
+                .map_err(HandlerError::from)?;
         } else {
             uow.rollback_to(mark);
             let record = AllocationCommand::RecordRejected {
@@ -136,7 +136,7 @@ impl Reactions {
             self.allocations
                 .execute(uow, &id, record, metadata)
                 .await
-                .map_err(failure)?;
+                .map_err(HandlerError::from)?;
         }
         Ok(())
     }
@@ -164,7 +164,7 @@ impl Reactions {
             .allocations
             .execute(uow, &id, command, metadata)
             .await
-            .map_err(failure)?;
+            .map_err(HandlerError::from)?;
         if events.is_empty() {
             return Ok(());
         }
@@ -172,7 +172,7 @@ impl Reactions {
             self.stock
                 .execute(uow, line.sku.as_str(), per_item.clone(), metadata)
                 .await
-                .map_err(failure)?;
+                .map_err(HandlerError::from)?;
         }
         Ok(())
     }
@@ -186,16 +186,6 @@ impl Reactions {
     ) -> Result<(), HandlerError> {
         let command = AllocationCommand::Release { reason };
         self.settle(uow, order_id, command, metadata).await
-    }
-}
-
-/// A refusal by an aggregate is permanent; a conflict or a database failure is not.
-fn failure<E: std::error::Error + Send + Sync + 'static>(error: CommandError<E>) -> HandlerError {
-    match error {
-        CommandError::Rejected(e) => HandlerError::permanent(e.to_string()),
-        CommandError::InvalidId(e) => HandlerError::permanent(e.to_string()),
-        e @ CommandError::EventTooLarge { .. } => HandlerError::permanent(e.to_string()),
-        other => HandlerError::transient(other.to_string()),
     }
 }
 

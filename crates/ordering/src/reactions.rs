@@ -231,10 +231,7 @@ pub async fn execute_order(
 fn failure(error: CommandError<OrderError>) -> HandlerError {
     match error {
         CommandError::Rejected(e @ OrderError::NotShipped) => HandlerError::transient(e),
-        CommandError::Rejected(e) => HandlerError::permanent(e),
-        CommandError::InvalidId(e) => HandlerError::permanent(e),
-        e @ CommandError::EventTooLarge { .. } => HandlerError::permanent(e.to_string()),
-        other => HandlerError::transient(other),
+        other => HandlerError::from(other),
     }
 }
 

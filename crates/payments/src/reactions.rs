@@ -132,10 +132,7 @@ impl Reactions {
 fn failure(error: CommandError<PaymentError>) -> HandlerError {
     match error {
         CommandError::Rejected(e) if e.is_transient() => HandlerError::transient(e.to_string()),
-        CommandError::Rejected(e) => HandlerError::permanent(e.to_string()),
-        CommandError::InvalidId(e) => HandlerError::permanent(e.to_string()),
-        e @ CommandError::EventTooLarge { .. } => HandlerError::permanent(e.to_string()),
-        other => HandlerError::transient(other.to_string()),
+        other => HandlerError::from(other),
     }
 }
 

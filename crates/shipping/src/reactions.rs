@@ -72,7 +72,7 @@ impl Reactions {
         self.shipments
             .execute(uow, &order_id.to_string(), command, metadata)
             .await
-            .map_err(failure)?;
+            .map_err(HandlerError::from)?;
         Ok(())
     }
 
@@ -101,19 +101,8 @@ impl Reactions {
                      dispatched: the cancellation cannot stop the parcel"
                 )))
             }
-            Err(e) => Err(failure(e)),
+            Err(e) => Err(HandlerError::from(e)),
         }
-    }
-}
-
-/// A refusal by the aggregate (or an id that cannot be a subject token) is permanent; a
-/// conflict or a database failure is not.
-fn failure<E: std::error::Error + Send + Sync + 'static>(error: CommandError<E>) -> HandlerError {
-    match error {
-        CommandError::Rejected(e) => HandlerError::permanent(e.to_string()),
-        CommandError::InvalidId(e) => HandlerError::permanent(e.to_string()),
-        e @ CommandError::EventTooLarge { .. } => HandlerError::permanent(e.to_string()),
-        other => HandlerError::transient(other.to_string()),
     }
 }
 
