@@ -91,9 +91,10 @@ async fn contexts_agree(system: &System, order_id: OrderId, status: OrderStatus)
                 && matches!(payment, P::Declined | P::Voided | P::Refunded)
                 && shipment == S::NotScheduled
         }
+        // Declined: a capture that reached the provider after it had voided the order (ADR 0009).
         OrderStatus::Cancelled => {
             matches!(allocation, A::Rejected | A::Released)
-                && matches!(payment, P::Voided | P::Refunded)
+                && matches!(payment, P::Voided | P::Declined | P::Refunded)
                 && matches!(shipment, S::NotScheduled | S::Cancelled)
         }
         // Not an end state: a scenario never expects it once the system has settled.

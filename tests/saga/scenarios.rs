@@ -111,7 +111,16 @@ async fn an_order_with_one_line_short_is_rejected_and_reserves_nothing() {
     assert_eq!(stock_levels(&system, "APPLE").await, (10, 0, 0));
     assert_eq!(stock_levels(&system, "PEAR").await, (1, 0, 0));
     assert_eq!(stock_levels(&system, "PLUM").await, (5, 0, 0));
-    assert_eq!(system.payment(order).await.status(), PaymentStatus::Voided);
+    // Voided, or declined if the capture retry reached the provider after its void.
+    let status = system.payment(order).await.status();
+    assert!(
+        matches!(status, PaymentStatus::Voided | PaymentStatus::Declined),
+        "{status:?}"
+    );
+    assert!(
+        !system.simulator().holds_money(order),
+        "the provider kept money"
+    );
     assert_eq!(system.simulator().capture_calls(order), 0);
 }
 
@@ -176,7 +185,16 @@ async fn a_payment_that_never_answers_times_out_rejects_the_order_and_releases_t
         .aggregate_events::<PaymentEvent>(BoundedContext::Payments, &order.to_string())
         .await;
     assert!(!payment_events_captured(&payment), "{payment:?}");
-    assert_eq!(system.payment(order).await.status(), PaymentStatus::Voided);
+    // Voided, or declined if the capture retry reached the provider after its void.
+    let status = system.payment(order).await.status();
+    assert!(
+        matches!(status, PaymentStatus::Voided | PaymentStatus::Declined),
+        "{status:?}"
+    );
+    assert!(
+        !system.simulator().holds_money(order),
+        "the provider kept money"
+    );
     assert!(
         system.simulator().capture_calls(order) >= 1,
         "the capture was never tried"
@@ -247,7 +265,16 @@ async fn an_order_cancelled_before_capture_is_voided_and_released() {
     system.wait_for_status(order, OrderStatus::Cancelled).await;
 
     invariants::check(&system, &expect(&[(order, OrderStatus::Cancelled)])).await;
-    assert_eq!(system.payment(order).await.status(), PaymentStatus::Voided);
+    // Voided, or declined if the capture retry reached the provider after its void.
+    let status = system.payment(order).await.status();
+    assert!(
+        matches!(status, PaymentStatus::Voided | PaymentStatus::Declined),
+        "{status:?}"
+    );
+    assert!(
+        !system.simulator().holds_money(order),
+        "the provider kept money"
+    );
     let payment = system
         .aggregate_events::<PaymentEvent>(BoundedContext::Payments, &order.to_string())
         .await;
