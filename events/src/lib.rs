@@ -11,6 +11,7 @@
 //! describes facts, it does not decide them.
 
 pub mod command;
+pub mod compat;
 pub mod envelope;
 pub mod inventory;
 pub mod naming;

@@ -60,11 +60,32 @@ pub fn stale(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         }
     }
     for path in json_files(dir)? {
-        if !expected.contains_key(&path) {
+        if !expected.contains_key(&path) && !superseded(&path, &expected) {
             stale.push(path);
         }
     }
     Ok(stale)
+}
+
+/// Whether `path` is an older version of an event type the code still has: its file stays as
+/// published, for consumers that read that version and for the events of it kept in the
+/// streams; the code upcasts them when it reads them.
+fn superseded(path: &Path, expected: &BTreeMap<PathBuf, String>) -> bool {
+    let Some((event_type, version)) = type_and_version(path) else {
+        return false;
+    };
+    expected.keys().any(|generated| {
+        generated.parent() == path.parent()
+            && type_and_version(generated)
+                .is_some_and(|(t, current)| t == event_type && current > version)
+    })
+}
+
+/// `OrderPlaced.v2.json` -> (`OrderPlaced`, 2).
+fn type_and_version(path: &Path) -> Option<(&str, u32)> {
+    let stem = path.file_name()?.to_str()?.strip_suffix(".json")?;
+    let (event_type, version) = stem.rsplit_once(".v")?;
+    Some((event_type, version.parse().ok()?))
 }
 
 /// Writes every generated schema into `dir`, and removes schema files that are no longer
@@ -133,9 +154,26 @@ mod tests {
         std::fs::write(dir.path().join(&placed), "{}\n").unwrap();
         let extra = PathBuf::from("ordering/Gone.v1.json");
         std::fs::write(dir.path().join(&extra), "{}\n").unwrap();
+        let future = PathBuf::from("ordering/OrderPlaced.v9.json");
+        std::fs::write(dir.path().join(&future), "{}\n").unwrap();
         let mut found = stale(dir.path()).unwrap();
         found.sort();
-        assert_eq!(found, vec![extra, placed]);
+        assert_eq!(found, vec![extra, placed, future]);
+    }
+
+    #[test]
+    fn an_older_version_of_a_current_event_stays_published() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path()).unwrap();
+        let current = PathBuf::from("ordering/OrderPlaced.v1.json");
+        let older = PathBuf::from("ordering/OrderPlaced.v0.json");
+        std::fs::copy(dir.path().join(&current), dir.path().join(&older)).unwrap();
+        assert_eq!(stale(dir.path()).unwrap(), Vec::<PathBuf>::new());
+        write(dir.path()).unwrap();
+        assert!(
+            dir.path().join(&older).exists(),
+            "write kept the older version"
+        );
     }
 
     #[test]

@@ -2,6 +2,9 @@
 //!
 //! `generate-schemas [DIR]` writes (default: this crate's `schemas/` folder);
 //! `generate-schemas --check [DIR]` only reports stale files and exits 1 if there are any.
+//!
+//! It never overwrites a published schema with an incompatible one (see `events::compat`):
+//! such a change needs a new schema version, and it says so.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,6 +20,25 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             other => dir = PathBuf::from(other),
+        }
+    }
+    match events::compat::check(&dir) {
+        Ok(broken) if broken.is_empty() => {}
+        Ok(broken) => {
+            for (path, changes) in broken {
+                for change in changes {
+                    eprintln!("breaking: {}: {change}", dir.join(&path).display());
+                }
+            }
+            eprintln!(
+                "generate-schemas: published schemas may only widen; give the event a new \
+                 schema version (`= N (upcast with ...)` in `event_enum!`) instead"
+            );
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("generate-schemas: {}: {e}", dir.display());
+            return ExitCode::FAILURE;
         }
     }
     let result = if check {
