@@ -5,11 +5,13 @@
 //! causation, trace context), the payload types of every context ([`ordering`],
 //! [`inventory`], [`payments`], [`shipping`]), the value types they use ([`values`]), and
 //! the stream, subject and consumer names ([`naming`]). JSON Schemas generated from these
-//! types are committed under `events/schemas/`.
+//! types are committed under `events/schemas/` ([`schema`]), with the AsyncAPI document
+//! `events/asyncapi.yaml` ([`asyncapi`]); [`compat`] keeps a published schema from breaking.
 //!
 //! This crate must not do I/O, depend on any other Chorus crate, or hold domain logic: it
 //! describes facts, it does not decide them.
 
+pub mod asyncapi;
 pub mod command;
 pub mod compat;
 pub mod envelope;

@@ -10,34 +10,78 @@ use std::path::{Path, PathBuf};
 use crate::naming::BoundedContext;
 use crate::{Event, inventory, ordering, payments, shipping};
 
+/// One event type as this build publishes it.
+#[derive(Debug, Clone)]
+pub struct PublishedEvent {
+    /// The context whose stream carries it.
+    pub context: BoundedContext,
+    pub aggregate_type: &'static str,
+    pub event_type: &'static str,
+    /// The schema version this build writes.
+    pub version: u32,
+    pub schema: schemars::Schema,
+}
+
+impl PublishedEvent {
+    /// Its schema file, relative to the schema folder: `<context>/<EventType>.v<N>.json`.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(self.context.name())
+            .join(format!("{}.v{}.json", self.event_type, self.version))
+    }
+
+    /// The first line of the payload's documentation.
+    pub fn summary(&self) -> Option<&str> {
+        self.schema
+            .get("description")
+            .and_then(serde_json::Value::as_str)
+            .and_then(|text| text.lines().next())
+    }
+}
+
+/// Every event type of every context, in a stable order: the published contract.
+pub fn published_events() -> Vec<PublishedEvent> {
+    fn of<E: Event>(context: BoundedContext) -> impl Iterator<Item = PublishedEvent> {
+        E::schemas()
+            .into_iter()
+            .map(move |(event_type, version, schema)| PublishedEvent {
+                context,
+                aggregate_type: E::AGGREGATE_TYPE,
+                event_type,
+                version,
+                schema,
+            })
+    }
+    let mut events = Vec::new();
+    events.extend(of::<ordering::OrderEvent>(BoundedContext::Ordering));
+    events.extend(of::<inventory::ProductEvent>(BoundedContext::Inventory));
+    events.extend(of::<inventory::StockEvent>(BoundedContext::Inventory));
+    events.extend(of::<inventory::AllocationEvent>(BoundedContext::Inventory));
+    events.extend(of::<payments::PaymentEvent>(BoundedContext::Payments));
+    events.extend(of::<shipping::ShipmentEvent>(BoundedContext::Shipping));
+    events
+}
+
 /// Every schema file, keyed by its path relative to the schema folder, with its content.
 pub fn generate() -> BTreeMap<PathBuf, String> {
     let mut files = BTreeMap::new();
-    let mut add = |context: BoundedContext, schemas: Vec<(&'static str, u32, schemars::Schema)>| {
-        for (event_type, version, mut schema) in schemas {
-            schema.insert(
-                "$id".into(),
-                format!("chorus:events:{context}:{event_type}:v{version}").into(),
-            );
-            let path = PathBuf::from(context.name()).join(format!("{event_type}.v{version}.json"));
-            // A schema is a JSON object; serialising it cannot fail.
-            let mut text = serde_json::to_string_pretty(&schema).expect("schemas serialize");
-            text.push('\n');
-            files.insert(path, text);
-        }
-    };
-    add(BoundedContext::Ordering, ordering::OrderEvent::schemas());
-    add(
-        BoundedContext::Inventory,
-        inventory::ProductEvent::schemas(),
-    );
-    add(BoundedContext::Inventory, inventory::StockEvent::schemas());
-    add(
-        BoundedContext::Inventory,
-        inventory::AllocationEvent::schemas(),
-    );
-    add(BoundedContext::Payments, payments::PaymentEvent::schemas());
-    add(BoundedContext::Shipping, shipping::ShipmentEvent::schemas());
+    for event in published_events() {
+        let path = event.path();
+        let PublishedEvent {
+            context,
+            event_type,
+            version,
+            mut schema,
+            ..
+        } = event;
+        schema.insert(
+            "$id".into(),
+            format!("chorus:events:{context}:{event_type}:v{version}").into(),
+        );
+        // A schema is a JSON object; serialising it cannot fail.
+        let mut text = serde_json::to_string_pretty(&schema).expect("schemas serialize");
+        text.push('\n');
+        files.insert(path, text);
+    }
     files
 }
 

@@ -1,7 +1,9 @@
-//! Writes the JSON Schemas of every event payload into `events/schemas/`.
+//! Writes the published contract: the JSON Schemas of every event payload into
+//! `events/schemas/`, and the AsyncAPI document `events/asyncapi.yaml` that refers to them.
 //!
-//! `generate-schemas [DIR]` writes (default: this crate's `schemas/` folder);
-//! `generate-schemas --check [DIR]` only reports stale files and exits 1 if there are any.
+//! `generate-schemas [DIR]` writes (default: this crate's `schemas/` folder; the AsyncAPI
+//! document goes next to it); `generate-schemas --check [DIR]` only reports stale files and
+//! exits 1 if there are any.
 //!
 //! It never overwrites a published schema with an incompatible one (see `events::compat`):
 //! such a change needs a new schema version, and it says so.
@@ -41,15 +43,32 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    let asyncapi = dir
+        .parent()
+        .map_or_else(events::asyncapi::default_path, |parent| {
+            parent.join("asyncapi.yaml")
+        });
     let result = if check {
         events::schema::stale(&dir)
     } else {
         events::schema::write(&dir)
     };
+    let result = result.and_then(|paths| {
+        let mut paths: Vec<PathBuf> = paths.into_iter().map(|p| dir.join(p)).collect();
+        let changed = if check {
+            events::asyncapi::is_stale(&asyncapi)?
+        } else {
+            events::asyncapi::write(&asyncapi)?
+        };
+        if changed {
+            paths.push(asyncapi.clone());
+        }
+        Ok(paths)
+    });
     match result {
         Ok(paths) if check && !paths.is_empty() => {
             for path in paths {
-                eprintln!("stale: {}", dir.join(path).display());
+                eprintln!("stale: {}", path.display());
             }
             ExitCode::FAILURE
         }
@@ -58,7 +77,7 @@ fn main() -> ExitCode {
                 eprintln!(
                     "{} {}",
                     if check { "stale" } else { "wrote" },
-                    dir.join(path).display()
+                    path.display()
                 );
             }
             ExitCode::SUCCESS
