@@ -13,13 +13,16 @@
 //! - **Money is conserved**: captured minus refunded, over every payment, equals the totals of
 //!   the orders that are confirmed, shipped or delivered.
 //! - **Nothing was dead-lettered**: no message of the saga was given up on.
+//! - **Every published message keeps the contract**: its payload validates against the
+//!   committed JSON Schema (`events/schemas/`) its headers name, read as another team would
+//!   read it, without the Rust types; its subject agrees with its envelope headers.
 
 use std::collections::{BTreeMap, HashMap};
 
-use events::BoundedContext;
 use events::inventory::StockEvent;
 use events::payments::PaymentEvent;
 use events::values::{Currency, OrderId, Sku};
+use events::{BoundedContext, headers};
 use inventory::AllocationStatus;
 use ordering::OrderStatus;
 use payments::PaymentStatus;
@@ -42,6 +45,59 @@ pub async fn check(system: &System, expected: &HashMap<OrderId, OrderStatus>) {
         dead_letters.is_empty(),
         "messages were dead-lettered: {dead_letters:#?}"
     );
+    published_messages_keep_the_contract(system).await;
+}
+
+/// Reads every stream and checks each message against the schema file its headers name.
+async fn published_messages_keep_the_contract(system: &System) {
+    let schemas = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../events/schemas");
+    let mut validators = HashMap::new();
+    for context in BoundedContext::ALL {
+        for (subject, map, payload) in system.published(context).await {
+            let header = |name: &str| {
+                map.get(name)
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|| panic!("{subject}: header {name} is missing"))
+            };
+            let event_type = header(headers::EVENT_TYPE);
+            let version = header(headers::SCHEMA_VERSION);
+            let expected_subject = format!(
+                "{context}.{}.{}.{event_type}",
+                header(headers::AGGREGATE_TYPE),
+                header(headers::AGGREGATE_ID)
+            );
+            assert_eq!(subject, expected_subject, "subject and envelope disagree");
+            for name in [
+                headers::MSG_ID,
+                headers::EVENT_ID,
+                headers::SEQUENCE,
+                headers::POSITION,
+                headers::OCCURRED_AT,
+            ] {
+                header(name);
+            }
+            let file = schemas
+                .join(context.name())
+                .join(format!("{event_type}.v{version}.json"));
+            let validator = validators.entry(file.clone()).or_insert_with(|| {
+                let text = std::fs::read_to_string(&file)
+                    .unwrap_or_else(|e| panic!("{subject}: no schema {}: {e}", file.display()));
+                let schema: serde_json::Value = serde_json::from_str(&text).unwrap();
+                jsonschema::draft202012::new(&schema).unwrap()
+            });
+            let payload: serde_json::Value = serde_json::from_slice(&payload)
+                .unwrap_or_else(|e| panic!("{subject}: payload is not JSON: {e}"));
+            let errors: Vec<String> = validator
+                .iter_errors(&payload)
+                .map(|e| format!("{e} at {}", e.instance_path()))
+                .collect();
+            assert!(
+                errors.is_empty(),
+                "{subject} does not match {}: {errors:?}",
+                file.display()
+            );
+        }
+    }
 }
 
 async fn orders_are_as_expected(system: &System, expected: &HashMap<OrderId, OrderStatus>) {

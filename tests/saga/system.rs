@@ -550,6 +550,29 @@ impl System {
         letters
     }
 
+    /// Every message `context`'s stream holds, in stream order: subject, headers, payload.
+    pub async fn published(&self, context: BoundedContext) -> Vec<(String, HeaderMap, Vec<u8>)> {
+        let mut stream = self
+            .js
+            .get_stream(context.stream().name())
+            .await
+            .expect("stream");
+        let state = stream.info().await.expect("stream info").state.clone();
+        let mut messages = Vec::new();
+        for sequence in state.first_sequence..=state.last_sequence {
+            if state.messages == 0 {
+                break;
+            }
+            let message = stream.direct_get(sequence).await.expect("stream message");
+            messages.push((
+                message.subject.to_string(),
+                message.headers,
+                message.payload.to_vec(),
+            ));
+        }
+        messages
+    }
+
     /// How many messages `context`'s stream holds.
     pub async fn stream_messages(&self, context: BoundedContext) -> u64 {
         let mut stream = self
