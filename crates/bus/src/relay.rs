@@ -1,10 +1,24 @@
 //! The outbox relay: publishes a context's committed events to its JetStream stream.
 //!
 //! **One active relay per store.** A relay first takes a PostgreSQL advisory lock on a
-//! connection of its own and does all its outbox work on that connection. The others wait
-//! for the lock; if the active relay dies, its session ends, the lock is released, and one of
-//! them takes over. (Leasing rows with `FOR UPDATE SKIP LOCKED` would let two relays publish
-//! parts of one aggregate's history in parallel, out of order.)
+//! connection of its own ([`RelayLock`]) and does all its outbox work on that connection. The
+//! others wait for the lock; if the active relay dies, its session ends, the lock is released,
+//! and one of them takes over. (Leasing rows with `FOR UPDATE SKIP LOCKED` would let two relays
+//! publish parts of one aggregate's history in parallel, out of order.) `chorus republish`
+//! takes the same lock, so that it never races a relay on one aggregate's events.
+//!
+//! **Fail-over after host or network loss.** A relay process that exits or crashes closes its
+//! connection, and PostgreSQL ends the session at once. A host that vanishes (power, network
+//! partition) sends nothing: the server would keep the dead session, and its lock, until the
+//! operating system's TCP keepalive gives up, two hours and more by default. So the lock
+//! connection sets the server-side keepalive of its own session
+//! ([`RelayConfig::keepalive_idle`], `_interval`, `_count`; by default 10 s, 5 s, 3 probes) and
+//! `tcp_user_timeout` to the same total, which also bounds the case where the server was
+//! sending to the vanished host when it went. PostgreSQL then ends the dead session, and
+//! releases the lock, at most `idle + interval × count` after the last sign of life (25 s by
+//! default); a standby takes over within its `retry_delay` after that. The settings apply to
+//! TCP connections: over a Unix-domain socket the relay and the server share a host, and
+//! there is no host to lose without the server.
 //!
 //! **Exactly once in the stream.** Each event is published with `Nats-Msg-Id` = its event id
 //! and removed from the outbox only after JetStream acknowledged it. A relay that dies between
@@ -39,6 +53,32 @@ pub struct RelayConfig {
     pub poll_interval: Duration,
     /// Pause after a failure, and between attempts to take the lock.
     pub retry_delay: Duration,
+    /// How long the lock connection may be silent before PostgreSQL probes the relay's host
+    /// (`tcp_keepalives_idle`; whole seconds, at least 1).
+    pub keepalive_idle: Duration,
+    /// Time between two unanswered probes (`tcp_keepalives_interval`; whole seconds, at least 1).
+    pub keepalive_interval: Duration,
+    /// Unanswered probes after which PostgreSQL ends the session and releases the lock
+    /// (`tcp_keepalives_count`).
+    pub keepalive_count: u32,
+}
+
+impl RelayConfig {
+    /// How long after the relay's host vanished PostgreSQL releases its lock, at most:
+    /// `idle + interval × count`.
+    pub fn failover_bound(&self) -> Duration {
+        let (idle, interval, count) = self.keepalive();
+        Duration::from_secs(idle + interval * u64::from(count))
+    }
+
+    /// The keepalive settings as PostgreSQL takes them: seconds, seconds, probes.
+    fn keepalive(&self) -> (u64, u64, u32) {
+        (
+            self.keepalive_idle.as_secs().max(1),
+            self.keepalive_interval.as_secs().max(1),
+            self.keepalive_count.max(1),
+        )
+    }
 }
 
 impl Default for RelayConfig {
@@ -47,6 +87,9 @@ impl Default for RelayConfig {
             batch_size: 1_000,
             poll_interval: Duration::from_secs(1),
             retry_delay: Duration::from_millis(500),
+            keepalive_idle: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(5),
+            keepalive_count: 3,
         }
     }
 }
@@ -54,10 +97,70 @@ impl Default for RelayConfig {
 /// What a publish round achieved.
 #[derive(Debug, Default)]
 pub struct Published {
-    /// Positions of the events JetStream acknowledged.
+    /// Positions of the events JetStream acknowledged, duplicates included.
     pub acked: Vec<i64>,
+    /// How many of them JetStream acknowledged as duplicates of a message it already had
+    /// (same `Nats-Msg-Id` within its duplicate window) and did not store again.
+    pub duplicates: u64,
     /// Why the round stopped early, if it did.
     pub failure: Option<anyhow::Error>,
+}
+
+/// The connection a relay works on: it holds the advisory lock of one stream's relay, and
+/// PostgreSQL ends its session (and so releases the lock) soon after its host vanishes.
+#[derive(Debug)]
+pub struct RelayLock {
+    conn: PgConnection,
+    key: i64,
+}
+
+impl RelayLock {
+    /// Opens a connection of its own to `store`'s database and sets its session's TCP
+    /// keepalive from `config`. It does not take the lock yet.
+    pub async fn connect(
+        store: &Store,
+        stream: &StreamName,
+        config: &RelayConfig,
+    ) -> anyhow::Result<Self> {
+        let mut conn = PgConnection::connect_with(&store.pool().connect_options())
+            .await
+            .context("cannot connect to the event store")?;
+        let (idle, interval, count) = config.keepalive();
+        let user_timeout_ms = config.failover_bound().as_millis().to_string();
+        sqlx::query(
+            "SELECT set_config('tcp_keepalives_idle', $1, false), \
+                    set_config('tcp_keepalives_interval', $2, false), \
+                    set_config('tcp_keepalives_count', $3, false), \
+                    set_config('tcp_user_timeout', $4, false)",
+        )
+        .bind(idle.to_string())
+        .bind(interval.to_string())
+        .bind(count.to_string())
+        .bind(user_timeout_ms)
+        .execute(&mut conn)
+        .await
+        .context("cannot set the TCP keepalive of the relay's session")?;
+        Ok(Self {
+            conn,
+            key: lock_key(stream),
+        })
+    }
+
+    /// Takes the lock unless another session holds it; true when this session holds it.
+    /// Once taken, it is held until the connection closes.
+    pub async fn try_acquire(&mut self) -> anyhow::Result<bool> {
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(self.key)
+            .fetch_one(&mut self.conn)
+            .await
+            .context("cannot ask for the relay lock")?;
+        Ok(locked)
+    }
+
+    /// The connection, for the outbox work done under the lock.
+    pub fn connection(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
 }
 
 /// Drains one context's outbox into its stream.
@@ -103,18 +206,10 @@ impl Relay {
 
     /// Holds the lock and relays until shutdown (`Ok`) or a database failure (`Err`).
     async fn lead(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
-        let mut conn = PgConnection::connect_with(&self.store.pool().connect_options())
+        let mut lock = RelayLock::connect(&self.store, &self.stream, &self.config)
             .await
-            .context("relay cannot connect to the event store")?;
-        let key = lock_key(&self.stream);
-        loop {
-            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(key)
-                .fetch_one(&mut conn)
-                .await?;
-            if locked {
-                break;
-            }
+            .context("relay cannot open its lock connection")?;
+        while !lock.try_acquire().await? {
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
                 () = tokio::time::sleep(self.config.retry_delay) => {}
@@ -132,7 +227,7 @@ impl Relay {
         let mut listener = PgListener::connect_with(&listening).await?;
         listener.listen(OUTBOX_CHANNEL).await?;
         loop {
-            self.drain(&mut conn, shutdown).await?;
+            self.drain(lock.connection(), shutdown).await?;
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
                 notified = listener.recv() => { notified?; }
@@ -152,7 +247,7 @@ impl Relay {
             if batch.is_empty() {
                 return Ok(());
             }
-            let published = self.publish(&batch).await;
+            let published = publish_events(&self.js, &self.stream, &batch).await;
             Store::outbox_remove(conn, &published.acked).await?;
             if let Some(failure) = published.failure {
                 tracing::warn!(stream = %self.stream.name(), error = format!("{failure:#}"), "publish failed; retrying");
@@ -164,15 +259,33 @@ impl Relay {
         }
         Ok(())
     }
+}
 
-    /// Publishes `batch` (in outbox order) wave by wave and reports what was acknowledged.
-    /// It does not touch the outbox.
-    pub async fn publish(&self, batch: &[StoredEvent]) -> Published {
-        let mut published = Published::default();
-        for wave in waves(batch) {
-            let mut pending = Vec::with_capacity(wave.len());
-            for event in wave {
-                match self.send(event).await {
+/// Most publishes awaiting their ack at once: a large wave is acknowledged in slices, below
+/// the JetStream context's limit of pending acks (it would otherwise wait on itself).
+const MAX_IN_FLIGHT: usize = 1_000;
+
+/// Publishes `events` (in position order) to `stream` as the relay does, and reports what was
+/// acknowledged. Used by the relay for its outbox batches and by `chorus republish` for the
+/// event store, so that both publish the same messages the same way.
+///
+/// Each event goes to its subject from [`StreamName::event_subject`] with the
+/// [`event_headers`] of its envelope (`Nats-Msg-Id` = event id). The events are published
+/// wave by wave: wave *k* holds the *k*-th event of each aggregate, all in flight at once, and
+/// the next wave starts when every ack of this one is in. The first failure stops the round,
+/// so no event is ever published before an earlier event of its aggregate is acknowledged.
+/// It touches no outbox.
+pub async fn publish_events(
+    js: &jetstream::Context,
+    stream: &StreamName,
+    events: &[StoredEvent],
+) -> Published {
+    let mut published = Published::default();
+    for wave in waves(events) {
+        for slice in wave.chunks(MAX_IN_FLIGHT) {
+            let mut pending = Vec::with_capacity(slice.len());
+            for event in slice {
+                match send(js, stream, event).await {
                     Ok(ack) => pending.push((event.position, ack)),
                     Err(e) => {
                         published.failure = Some(e);
@@ -182,7 +295,10 @@ impl Relay {
             }
             for (position, ack) in pending {
                 match ack.await {
-                    Ok(_) => published.acked.push(position),
+                    Ok(ack) => {
+                        published.acked.push(position);
+                        published.duplicates += u64::from(ack.duplicate);
+                    }
                     Err(e) => {
                         published.failure.get_or_insert_with(|| {
                             anyhow!(e).context(format!("no ack for event at position {position}"))
@@ -191,30 +307,30 @@ impl Relay {
                 }
             }
             if published.failure.is_some() {
-                break;
+                return published;
             }
         }
-        published
     }
+    published
+}
 
-    async fn send(
-        &self,
-        event: &StoredEvent,
-    ) -> anyhow::Result<jetstream::context::PublishAckFuture> {
-        let subject = self.stream.event_subject(
-            &event.aggregate_type,
-            &event.aggregate_id,
-            &event.event_type,
-        )?;
-        let payload = Bytes::from(event.payload.clone().into_bytes());
-        let message = PublishMessage::build()
-            .payload(payload)
-            .headers(event_headers(event));
-        self.js
-            .send_publish(subject, message)
-            .await
-            .with_context(|| format!("cannot publish event at position {}", event.position))
-    }
+async fn send(
+    js: &jetstream::Context,
+    stream: &StreamName,
+    event: &StoredEvent,
+) -> anyhow::Result<jetstream::context::PublishAckFuture> {
+    let subject = stream.event_subject(
+        &event.aggregate_type,
+        &event.aggregate_id,
+        &event.event_type,
+    )?;
+    let payload = Bytes::from(event.payload.clone().into_bytes());
+    let message = PublishMessage::build()
+        .payload(payload)
+        .headers(event_headers(event));
+    js.send_publish(subject, message)
+        .await
+        .with_context(|| format!("cannot publish event at position {}", event.position))
 }
 
 /// Splits a batch into waves: wave k holds the k-th event of each aggregate, in batch order.

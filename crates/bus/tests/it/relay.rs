@@ -1,7 +1,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use bus::{Relay, RelayConfig};
+use bus::{Relay, RelayConfig, RelayLock};
 use events::{Metadata, headers};
 use eventstore::{Repository, UnitOfWork};
 use harness::account::{Account, AccountCommand};
@@ -24,6 +24,7 @@ fn fast() -> RelayConfig {
         batch_size: 50,
         poll_interval: std::time::Duration::from_millis(200),
         retry_delay: std::time::Duration::from_millis(50),
+        ..RelayConfig::default()
     }
 }
 
@@ -187,10 +188,20 @@ async fn a_relay_that_dies_between_publishing_and_marking_sent_causes_no_duplica
         .await
         .unwrap();
     drop(conn);
-    let published = relay.publish(&batch).await;
+    let published = bus::publish_events(&world.js, &world.ledger, &batch).await;
     assert!(published.failure.is_none());
     assert_eq!(published.acked.len(), 20);
+    assert_eq!(published.duplicates, 0);
     assert_eq!(world.store.outbox_backlog().await.unwrap(), 20);
+
+    // Published again, JetStream acknowledges every one as a duplicate and stores nothing.
+    let again = bus::publish_events(&world.js, &world.ledger, &batch).await;
+    assert!(again.failure.is_none());
+    assert_eq!(
+        again.duplicates, 20,
+        "the second publish is dropped as duplicates"
+    );
+    assert_eq!(world.message_count("LEDGER").await, 20);
 
     // The next relay publishes the same rows again; JetStream drops the duplicates.
     let shutdown = CancellationToken::new();
@@ -311,6 +322,78 @@ async fn an_event_committed_late_with_a_lower_position_is_published_before_its_s
     assert_exactly_once_in_order(&world, &messages).await;
     shutdown.cancel();
     task.await.unwrap();
+}
+
+/// The lock connection asks PostgreSQL to probe the relay's host and end its session (and with
+/// it the lock) when the host is gone, instead of after the system's two-hour default.
+#[tokio::test]
+async fn the_lock_connection_has_a_short_server_side_keepalive() {
+    let world = World::new().await;
+    let config = RelayConfig {
+        keepalive_idle: std::time::Duration::from_secs(7),
+        keepalive_interval: std::time::Duration::from_secs(2),
+        keepalive_count: 4,
+        ..RelayConfig::default()
+    };
+    assert_eq!(config.failover_bound(), std::time::Duration::from_secs(15));
+    let mut lock = RelayLock::connect(&world.store, &world.ledger, &config)
+        .await
+        .unwrap();
+    let show =
+        |setting: &'static str| sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SHOW {setting}")));
+    let mut settings = Vec::new();
+    for setting in [
+        "tcp_keepalives_idle",
+        "tcp_keepalives_interval",
+        "tcp_keepalives_count",
+        "tcp_user_timeout",
+    ] {
+        let row = show(setting).fetch_one(lock.connection()).await.unwrap();
+        let value: String = sqlx::Row::get(&row, 0);
+        settings.push(value);
+    }
+    assert_eq!(
+        settings,
+        ["7", "2", "4", "15000"],
+        "keepalive of the lock session"
+    );
+
+    // The defaults: the lock is released at most 25 s after the relay's host vanished.
+    assert_eq!(
+        RelayConfig::default().failover_bound(),
+        std::time::Duration::from_secs(25)
+    );
+}
+
+/// While one session holds a stream's relay lock, no other takes it; it is free again once
+/// that session ends.
+#[tokio::test]
+async fn a_relay_lock_has_one_holder_at_a_time() {
+    let world = World::new().await;
+    let config = RelayConfig::default();
+    let mut first = RelayLock::connect(&world.store, &world.ledger, &config)
+        .await
+        .unwrap();
+    let mut second = RelayLock::connect(&world.store, &world.ledger, &config)
+        .await
+        .unwrap();
+    assert!(first.try_acquire().await.unwrap());
+    assert!(!second.try_acquire().await.unwrap(), "the lock is held");
+    let other = events::naming::StreamName::for_context("other");
+    let mut elsewhere = RelayLock::connect(&world.store, &other, &config)
+        .await
+        .unwrap();
+    assert!(
+        elsewhere.try_acquire().await.unwrap(),
+        "each stream has its own lock"
+    );
+    drop(first);
+    let second = tokio::sync::Mutex::new(second);
+    wait_until("the lock to be released", PATIENCE, || async {
+        second.lock().await.try_acquire().await.unwrap()
+    })
+    .await
+    .unwrap();
 }
 
 /// Debian's nats-server 2.9.10, where the machine has it: `bus::connect` must refuse it.
