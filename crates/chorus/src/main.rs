@@ -1,10 +1,22 @@
 //! `chorus`: the operator CLI of Chorus.
 //!
 //! `chorus dev` runs the local system: a private nats-server (2.12 or newer), and the four
-//! context services in this process, each on its own database of the local PostgreSQL. It holds
-//! no domain logic; the services it starts do.
+//! context services in this process, each on its own database of the local PostgreSQL. The
+//! operator commands work on a running system: `chorus dlq` inspects, retries and purges the
+//! dead letters, `chorus republish` publishes a context's event store to its stream again. The
+//! CLI holds no domain logic; the services it starts, and the crates it calls, do.
+//!
+//! Each command group is one variant of [`Command`] and one module; what they share has one
+//! place: [`connect`] (NATS and the event stores, with the settings they are read from),
+//! [`exit`] (logging, the runtime, and how an error becomes a message and an exit code), and
+//! [`progress`] (the progress bar of long commands).
 
+mod connect;
 mod dev;
+mod dlq;
+mod exit;
+mod progress;
+mod republish;
 
 use clap::{Parser, Subcommand};
 
@@ -12,7 +24,9 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "chorus",
     version,
-    about = "Chorus: choreographed event-sourced order fulfilment"
+    about = "Chorus: choreographed event-sourced order fulfilment",
+    after_help = "Exit status: 0 on success, 2 for a mistake in the command line, 1 for any \
+                  other failure (the message on stderr names what failed and what to check)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -32,35 +46,19 @@ enum Command {
     /// picks the private server's port (default 4300); ORDERING_PAYMENT_TIMEOUT_SECONDS how
     /// long an order waits for its payment before it is rejected (default 900).
     Dev,
+    /// Inspect, retry and purge dead letters (the DEAD_LETTERS stream).
+    #[command(subcommand)]
+    Dlq(dlq::Command),
+    Republish(republish::Args),
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("chorus: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Dev => dev::run(dev::Config::from_env()?).await,
-        }
-    });
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("chorus: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
+    match cli.command {
+        // The launcher reports what it starts; the operator commands print their results and
+        // log only what goes wrong.
+        Command::Dev => exit::run("info", async { dev::run(dev::Config::from_env()?).await }),
+        Command::Dlq(command) => exit::run("warn", dlq::run(command)),
+        Command::Republish(args) => exit::run("warn", republish::run(args)),
     }
 }
