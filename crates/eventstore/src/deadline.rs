@@ -5,9 +5,14 @@
 //! interval and hands each to its [`DeadlineHandler`] in one unit of work; a handled deadline is
 //! deleted in that same commit. A firing that fails is rolled back alone and tried again with
 //! a growing delay; after the last attempt the deadline is marked failed, stays in the table
-//! with its error for an operator to see, and is no longer fired. Several instances may tick at
-//! once: a ticker claims the deadlines it fires (moving them a lease ahead, skipping those
-//! another ticker holds), so a deadline fires once unless its firing outlasts the lease.
+//! with its error for an operator to see, and is no longer fired. A firing whose effects
+//! PostgreSQL refuses (an event it cannot store) fails the common commit, not its handler: the
+//! ticker then fires the deadlines one by one, as the consumer runtime does with a batch of
+//! messages, so that this one fails like any other failed firing and the others fire.
+//!
+//! Several instances may tick at once: a ticker claims the deadlines it fires (moving them a
+//! lease ahead, skipping those another ticker holds), so a deadline fires once unless its
+//! firing outlasts the lease.
 
 use std::future::Future;
 use std::time::Duration;
@@ -207,10 +212,23 @@ impl<H: DeadlineHandler> Ticker<H> {
 
     /// Ticks until `shutdown`; a tick that fails is logged and the next one tries again.
     pub async fn run(self, shutdown: CancellationToken) {
+        self.run_observed(shutdown, |_| {}).await;
+    }
+
+    /// Like [`Self::run`], and tells `observe` the outcome of every tick (how many deadlines it
+    /// handled, or why it failed), so that a health check can report a ticker that keeps
+    /// failing.
+    pub async fn run_observed(
+        self,
+        shutdown: CancellationToken,
+        mut observe: impl FnMut(&Result<usize, StoreError>) + Send,
+    ) {
         loop {
-            if let Err(e) = self.tick(Utc::now()).await {
+            let outcome = self.tick(Utc::now()).await;
+            if let Err(e) = &outcome {
                 tracing::warn!(kind = %self.kind, error = %e, "deadline tick failed");
             }
+            observe(&outcome);
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(self.interval) => {}
@@ -219,49 +237,119 @@ impl<H: DeadlineHandler> Ticker<H> {
     }
 
     /// Fires the deadlines due at `now` (at most 100) and returns how many were handled.
+    ///
+    /// Their effects are committed together. If PostgreSQL refuses that commit for its data
+    /// (an event it cannot store), the deadlines are fired again one by one, so that only the
+    /// one at fault fails (a failed firing, retried and eventually left failed like any other)
+    /// and the others fire. Any other commit failure (the database is unreachable, a
+    /// concurrent writer) fails the tick: the deadlines it claimed are due again when their
+    /// lease runs out.
     pub async fn tick(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
         let due = self
             .store
             .claim_deadlines(&self.kind, now, self.lease, 100)
             .await?;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let (handled, failed, error) = match self.fire(&due, now).await {
+            Ok(failed) => (due.len() - failed.len(), failed, None),
+            Err(e) if e.is_data_error() => self.fire_each(&due, now, &e).await,
+            Err(e) => return Err(e),
+        };
+        for (deadline, reason) in failed {
+            self.record_failure(deadline, &reason, now).await?;
+        }
+        match error {
+            Some(e) => Err(e),
+            None => Ok(handled),
+        }
+    }
+
+    /// Fires `deadlines` in one unit of work and commits it. Returns the firings that failed
+    /// (rolled back alone, the others committed) with their errors.
+    async fn fire<'a>(
+        &self,
+        deadlines: &'a [Deadline],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(&'a Deadline, String)>, StoreError> {
         let mut uow = UnitOfWork::new(&self.store);
         let mut failed = Vec::new();
-        for deadline in &due {
+        for deadline in deadlines {
             let mark = uow.mark();
             // Removed first, so that a handler may schedule the same deadline again.
             uow.cancel_deadline(&deadline.kind, &deadline.key);
-            match self.handler.fire(&mut uow, deadline, now).await {
-                Ok(()) => {}
-                Err(error) => {
-                    uow.rollback_to(mark);
-                    failed.push((deadline, error));
-                }
+            if let Err(error) = self.handler.fire(&mut uow, deadline, now).await {
+                uow.rollback_to(mark);
+                failed.push((deadline, error));
             }
         }
-        let handled = due.len() - failed.len();
         uow.commit().await?;
-        for (deadline, error) in failed {
-            let attempts = deadline.attempts + 1;
-            let retry_at = (attempts < self.max_attempts).then(|| {
-                let exponent = u32::try_from(attempts - 1).unwrap_or(0).min(20);
-                let delay = self
-                    .first_delay
-                    .saturating_mul(1 << exponent)
-                    .min(self.max_delay);
-                now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX)
-            });
-            match retry_at {
-                Some(at) => {
-                    tracing::warn!(kind = %deadline.kind, key = %deadline.key, attempts, %error, retry_at = %at, "deadline failed; will retry")
-                }
-                None => {
-                    tracing::error!(kind = %deadline.kind, key = %deadline.key, attempts, %error, "deadline failed for good; left for an operator")
+        Ok(failed)
+    }
+
+    /// Fires each of `due` in a commit of its own after their common commit failed on
+    /// `error`, a data error. Returns how many were handled, the failed firings (among them
+    /// the ones whose effects cannot be stored), and the first failure of another kind.
+    async fn fire_each<'a>(
+        &self,
+        due: &'a [Deadline],
+        now: DateTime<Utc>,
+        error: &StoreError,
+    ) -> (usize, Vec<(&'a Deadline, String)>, Option<StoreError>) {
+        let unstorable = |e: &StoreError| format!("its effects cannot be stored: {e}");
+        if let [deadline] = due {
+            return (0, vec![(deadline, unstorable(error))], None);
+        }
+        tracing::warn!(kind = %self.kind, deadlines = due.len(), %error,
+            "deadlines not committed together; firing them one by one");
+        let mut handled = 0;
+        let mut failed = Vec::new();
+        let mut other = None;
+        for deadline in due {
+            match self.fire(std::slice::from_ref(deadline), now).await {
+                Ok(mut alone) => match alone.pop() {
+                    Some(failure) => failed.push(failure),
+                    None => handled += 1,
+                },
+                Err(e) if e.is_data_error() => failed.push((deadline, unstorable(&e))),
+                Err(e) => {
+                    tracing::warn!(kind = %deadline.kind, key = %deadline.key, error = %e,
+                        "deadline not committed; due again when its lease runs out");
+                    other.get_or_insert(e);
                 }
             }
-            self.store
-                .record_failed_firing(deadline, &error, retry_at)
-                .await?;
         }
-        Ok(handled)
+        (handled, failed, other)
+    }
+
+    /// Records a failed firing of `deadline`: due again after a delay that doubles per
+    /// attempt, or, after the last attempt, failed for good.
+    async fn record_failure(
+        &self,
+        deadline: &Deadline,
+        error: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let attempts = deadline.attempts + 1;
+        let retry_at = (attempts < self.max_attempts).then(|| {
+            let exponent = u32::try_from(attempts - 1).unwrap_or(0).min(20);
+            let delay = self
+                .first_delay
+                .saturating_mul(1 << exponent)
+                .min(self.max_delay);
+            now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX)
+        });
+        match retry_at {
+            Some(at) => {
+                tracing::warn!(kind = %deadline.kind, key = %deadline.key, attempts, %error, retry_at = %at, "deadline failed; will retry")
+            }
+            None => {
+                tracing::error!(kind = %deadline.kind, key = %deadline.key, attempts, %error, "deadline failed for good; left for an operator")
+            }
+        }
+        self.store
+            .record_failed_firing(deadline, error, retry_at)
+            .await
     }
 }

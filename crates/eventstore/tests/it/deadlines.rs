@@ -277,3 +277,117 @@ async fn two_tickers_firing_at_once_have_one_effect() {
             .is_empty()
     );
 }
+
+/// A correlation id PostgreSQL cannot store (JSON text holds no NUL).
+const UNSTORABLE: &str = "bad\u{0}value";
+
+/// Pays out like [`Payout`], but a deadline whose payload says `"poisoned"` appends its event
+/// with a correlation id PostgreSQL refuses: the handler succeeds, the commit cannot.
+struct PoisonedPayout(Payout);
+
+impl DeadlineHandler for PoisonedPayout {
+    async fn fire(
+        &self,
+        uow: &mut UnitOfWork,
+        deadline: &Deadline,
+        now: DateTime<Utc>,
+    ) -> Result<(), String> {
+        if deadline.payload["poisoned"] != json!(true) {
+            return self.0.fire(uow, deadline, now).await;
+        }
+        self.0.firings.fetch_add(1, Ordering::SeqCst);
+        let amount = deadline.payload["amount"].as_u64().ok_or("no amount")?;
+        let metadata = Metadata {
+            correlation_id: Some(UNSTORABLE.to_owned()),
+            ..Metadata::default()
+        };
+        self.0
+            .accounts
+            .execute(
+                uow,
+                &deadline.key,
+                AccountCommand::Withdraw(amount),
+                &metadata,
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+#[tokio::test]
+async fn a_deadline_whose_event_cannot_be_stored_fails_alone_and_the_others_fire() {
+    let db = TestDatabase::create().await.unwrap();
+    let store = store(&db).await;
+    let accounts = Repository::<Account>::new(store.clone(), ());
+    for (id, payload) in [
+        ("a", json!({"amount": 3})),
+        ("poisoned", json!({"amount": 4, "poisoned": true})),
+        ("c", json!({"amount": 2})),
+    ] {
+        let mut uow = UnitOfWork::new(&store);
+        accounts
+            .execute(
+                &mut uow,
+                id,
+                AccountCommand::Deposit(10),
+                &Metadata::default(),
+            )
+            .await
+            .unwrap();
+        uow.schedule_deadline("payout", id, at(0), payload);
+        uow.commit().await.unwrap();
+    }
+    // The store does refuse that event for its data.
+    let mut uow = UnitOfWork::new(&store);
+    let bad = Metadata {
+        correlation_id: Some(UNSTORABLE.into()),
+        ..Metadata::default()
+    };
+    accounts
+        .execute(&mut uow, "a", AccountCommand::Withdraw(1), &bad)
+        .await
+        .unwrap();
+    assert!(uow.commit().await.unwrap_err().is_data_error());
+
+    let mut ticker = Ticker::new(store.clone(), "payout", PoisonedPayout(payout(&store)));
+    ticker.max_attempts = 2;
+    ticker.first_delay = std::time::Duration::from_secs(10);
+    assert_eq!(
+        ticker.tick(at(0)).await.unwrap(),
+        2,
+        "the two good deadlines fire despite the bad one"
+    );
+    assert_eq!(balance(&store, "a").await, 7);
+    assert_eq!(balance(&store, "c").await, 8);
+    assert_eq!(balance(&store, "poisoned").await, 10);
+    for id in ["a", "c"] {
+        assert!(
+            store.deadline("payout", id).await.unwrap().is_none(),
+            "{id}"
+        );
+    }
+    let poisoned = store.deadline("payout", "poisoned").await.unwrap().unwrap();
+    assert_eq!(poisoned.attempts, 1);
+    assert_eq!(poisoned.due_at, at(10), "retried after the first delay");
+    assert_eq!(poisoned.failed_at, None);
+    let reason = poisoned.last_error.unwrap();
+    assert!(reason.contains("cannot be stored"), "{reason}");
+
+    // Alone in its tick, it fails again, and after its last attempt it is left failed.
+    assert_eq!(ticker.tick(at(10)).await.unwrap(), 0);
+    let failed = store.failed_deadlines().await.unwrap();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(
+        (failed[0].key.as_str(), failed[0].attempts),
+        ("poisoned", 2)
+    );
+    assert_eq!(ticker.tick(at(10_000)).await.unwrap(), 0);
+    assert_eq!(balance(&store, "poisoned").await, 10);
+    let withdrawals: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'Withdrawn'")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(withdrawals, 2);
+}
