@@ -1,8 +1,9 @@
 //! Private servers and databases for tests and the local launcher: a throwaway
 //! `nats-server` with JetStream on a free port ([`NatsServer`]), a fresh
 //! PostgreSQL database per test ([`TestDatabase`]) and a polling helper
-//! ([`wait_until`]) so tests wait on conditions instead of sleeping, and
-//! [`account`], a minimal aggregate the runtime's tests run commands against.
+//! ([`wait_until`]) so tests wait on conditions instead of sleeping,
+//! [`account`], a minimal aggregate the runtime's tests run commands against,
+//! and [`received`], a message as a consumer hands it to a context's reactions.
 //!
 //! Other crates use it only as a dev-dependency; the one exception is the
 //! `chorus dev` launcher, which starts its nats-server through
@@ -12,6 +13,7 @@
 pub mod account;
 mod nats;
 mod postgres;
+mod received;
 
 use std::future::Future;
 use std::time::Duration;
@@ -22,6 +24,7 @@ pub use nats::{
     MIN_NATS_SERVER, NatsServer, find_nats_server, nats_server_version, select_nats_server,
 };
 pub use postgres::{DEFAULT_DATABASE_URL, TestDatabase};
+pub use received::received;
 
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 

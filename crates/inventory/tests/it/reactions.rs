@@ -9,9 +9,9 @@ use events::ordering::{
 use events::payments::{PaymentDeclined, PaymentEvent};
 use events::shipping::{ShipmentDispatched, ShipmentEvent};
 use events::values::{Currency, CustomerId, Money, OrderId, Quantity, Sku};
-use events::{BoundedContext, Event, Metadata};
+use events::{BoundedContext, Metadata};
 use eventstore::{Repository, Store, UnitOfWork};
-use harness::TestDatabase;
+use harness::{TestDatabase, received};
 use inventory::reactions::{RESERVATION_HORIZON_MINUTES, Reactions, consumers};
 use inventory::{Allocation, AllocationStatus, StockCommand, StockItem};
 
@@ -91,28 +91,6 @@ impl Setup {
     }
 }
 
-fn message<E: Event>(event: E, aggregate_id: OrderId) -> Received {
-    Received {
-        subject: format!(
-            "test.{}.{aggregate_id}.{}",
-            E::AGGREGATE_TYPE,
-            event.event_type()
-        ),
-        event_id: uuid::Uuid::now_v7(),
-        event_type: event.event_type().to_owned(),
-        schema_version: event.schema_version(),
-        aggregate_type: E::AGGREGATE_TYPE.to_owned(),
-        aggregate_id: aggregate_id.to_string(),
-        sequence: 1,
-        position: None,
-        occurred_at: None,
-        metadata: Metadata::default(),
-        payload: event.to_payload().to_string().into(),
-        stream_sequence: 1,
-        delivered: 1,
-    }
-}
-
 fn placed(order_id: OrderId, lines: &[(&str, u32)]) -> Received {
     let eur: Currency = "EUR".parse().unwrap();
     let lines: Vec<OrderLine> = lines
@@ -138,11 +116,11 @@ fn placed(order_id: OrderId, lines: &[(&str, u32)]) -> Received {
         },
         payment_token: "tok_success".into(),
     });
-    message(event, order_id)
+    received(event, order_id)
 }
 
 fn rejected(order_id: OrderId, reason: RejectionReason) -> Received {
-    message(
+    received(
         OrderEvent::from(OrderRejected {
             order_id,
             reason,
@@ -153,7 +131,7 @@ fn rejected(order_id: OrderId, reason: RejectionReason) -> Received {
 }
 
 fn cancelled(order_id: OrderId) -> Received {
-    message(
+    received(
         OrderEvent::from(OrderCancelled {
             order_id,
             reason: None,
@@ -268,12 +246,12 @@ async fn cancellation_decline_dispatch_and_a_payment_timeout_settle_the_reservat
         order_id: declined_order,
         reason: "card declined".into(),
     });
-    s.handle(&[message(declined, declined_order)]).await;
+    s.handle(&[received(declined, declined_order)]).await;
     let dispatched = ShipmentEvent::from(ShipmentDispatched {
         order_id: shipped_order,
         tracking_number: None,
     });
-    s.handle(&[message(dispatched, shipped_order)]).await;
+    s.handle(&[received(dispatched, shipped_order)]).await;
     // Ordering's payment deadline passed: it rejected the unpaid order.
     s.handle(&[rejected(unpaid_order, RejectionReason::PaymentTimedOut)])
         .await;
@@ -425,7 +403,7 @@ async fn other_rejections_release_at_most_once() {
         order_id: declined,
         reason: "card declined".into(),
     });
-    s.handle(&[message(decline, declined)]).await;
+    s.handle(&[received(decline, declined)]).await;
     s.handle(&[rejected(declined, RejectionReason::PaymentDeclined)])
         .await;
     assert_eq!(s.allocation_events(declined).await.len(), 2);

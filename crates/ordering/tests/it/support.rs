@@ -137,25 +137,11 @@ pub fn payment_timeout() -> chrono::Duration {
     chrono::Duration::minutes(15)
 }
 
+/// `event`, the `sequence`-th event of its aggregate, as a first delivery brings it.
 pub fn message<E: Event>(event: E, aggregate_id: &str, sequence: u64) -> Received {
     Received {
-        subject: format!(
-            "test.{}.{aggregate_id}.{}",
-            E::AGGREGATE_TYPE,
-            event.event_type()
-        ),
-        event_id: uuid::Uuid::now_v7(),
-        event_type: event.event_type().to_owned(),
-        schema_version: event.schema_version(),
-        aggregate_type: E::AGGREGATE_TYPE.to_owned(),
-        aggregate_id: aggregate_id.to_owned(),
         sequence,
-        position: None,
-        occurred_at: None,
-        metadata: Metadata::default(),
-        payload: event.to_payload().to_string().into(),
-        stream_sequence: 1,
-        delivered: 1,
+        ..harness::received(event, aggregate_id)
     }
 }
 

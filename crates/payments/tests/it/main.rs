@@ -19,9 +19,8 @@ use events::ordering::{
 };
 use events::payments::PaymentEvent;
 use events::values::{Currency, CustomerId, Money, OrderId, Quantity};
-use events::{Event, Metadata};
 use eventstore::{Repository, Store, StoredEvent, UnitOfWork};
-use harness::TestDatabase;
+use harness::{TestDatabase, received};
 use payments::reactions::Reactions;
 use payments::{Payment, PaymentProvider, PaymentStatus, Simulator};
 
@@ -126,28 +125,6 @@ fn eur(amount_minor: i64) -> Money {
     Money::new(amount_minor, eur)
 }
 
-fn message<E: Event>(event: E, aggregate_id: OrderId) -> Received {
-    Received {
-        subject: format!(
-            "test.{}.{aggregate_id}.{}",
-            E::AGGREGATE_TYPE,
-            event.event_type()
-        ),
-        event_id: uuid::Uuid::now_v7(),
-        event_type: event.event_type().to_owned(),
-        schema_version: event.schema_version(),
-        aggregate_type: E::AGGREGATE_TYPE.to_owned(),
-        aggregate_id: aggregate_id.to_string(),
-        sequence: 1,
-        position: None,
-        occurred_at: None,
-        metadata: Metadata::default(),
-        payload: event.to_payload().to_string().into(),
-        stream_sequence: 1,
-        delivered: 1,
-    }
-}
-
 /// An order of one line costing `total_minor` euro cents, paid with `token`.
 fn placed(order_id: OrderId, total_minor: i64, token: &str) -> Received {
     let event = OrderEvent::from(OrderPlaced {
@@ -169,7 +146,7 @@ fn placed(order_id: OrderId, total_minor: i64, token: &str) -> Received {
         },
         payment_token: token.into(),
     });
-    message(event, order_id)
+    received(event, order_id)
 }
 
 fn reserved(order_id: OrderId) -> Received {
@@ -181,7 +158,7 @@ fn reserved(order_id: OrderId) -> Received {
         }],
         expires_at: Utc::now() + Duration::minutes(15),
     });
-    message(event, order_id)
+    received(event, order_id)
 }
 
 fn cancelled(order_id: OrderId) -> Received {
@@ -189,7 +166,7 @@ fn cancelled(order_id: OrderId) -> Received {
         order_id,
         reason: None,
     });
-    message(event, order_id)
+    received(event, order_id)
 }
 
 fn rejected(order_id: OrderId, reason: RejectionReason) -> Received {
@@ -198,7 +175,7 @@ fn rejected(order_id: OrderId, reason: RejectionReason) -> Received {
         reason,
         detail: "test".into(),
     });
-    message(event, order_id)
+    received(event, order_id)
 }
 
 #[track_caller]

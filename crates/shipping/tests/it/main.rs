@@ -13,9 +13,8 @@ use bus::{Handler, HandlerError, Received};
 use events::ordering::{Address, OrderCancelled, OrderConfirmed, OrderEvent};
 use events::shipping::ShipmentEvent;
 use events::values::OrderId;
-use events::{Event, Metadata};
 use eventstore::{Repository, Store, StoredEvent, UnitOfWork};
-use harness::TestDatabase;
+use harness::{TestDatabase, received};
 use shipping::Shipment;
 use shipping::reactions::Reactions;
 
@@ -89,28 +88,6 @@ impl Setup {
     }
 }
 
-fn message<E: Event>(event: E, aggregate_id: OrderId) -> Received {
-    Received {
-        subject: format!(
-            "test.{}.{aggregate_id}.{}",
-            E::AGGREGATE_TYPE,
-            event.event_type()
-        ),
-        event_id: uuid::Uuid::now_v7(),
-        event_type: event.event_type().to_owned(),
-        schema_version: event.schema_version(),
-        aggregate_type: E::AGGREGATE_TYPE.to_owned(),
-        aggregate_id: aggregate_id.to_string(),
-        sequence: 1,
-        position: None,
-        occurred_at: None,
-        metadata: Metadata::default(),
-        payload: event.to_payload().to_string().into(),
-        stream_sequence: 1,
-        delivered: 1,
-    }
-}
-
 fn address() -> Address {
     Address {
         name: "Ada Lovelace".into(),
@@ -123,7 +100,7 @@ fn address() -> Address {
 }
 
 fn confirmed(order_id: OrderId) -> Received {
-    message(
+    received(
         OrderEvent::from(OrderConfirmed {
             order_id,
             shipping_address: address(),
@@ -133,7 +110,7 @@ fn confirmed(order_id: OrderId) -> Received {
 }
 
 fn cancelled(order_id: OrderId) -> Received {
-    message(
+    received(
         OrderEvent::from(OrderCancelled {
             order_id,
             reason: Some("changed my mind".into()),

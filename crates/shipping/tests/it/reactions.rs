@@ -7,7 +7,7 @@ use shipping::ShipmentStatus;
 use shipping::operations::dispatch;
 use shipping::reactions::consumers;
 
-use super::{Setup, address, cancelled, confirmed, message};
+use super::{Setup, address, cancelled, confirmed, received};
 
 #[test]
 fn shipping_consumes_ordering_through_one_durable_consumer_filtered_to_its_events() {
@@ -152,7 +152,7 @@ async fn order_events_shipping_does_not_react_to_are_ignored() {
     let s = Setup::new().await;
     let order = OrderId::new();
     let shipped = OrderEvent::from(OrderShipped { order_id: order });
-    s.handle(&[message(shipped, order)]).await;
+    s.handle(&[received(shipped, order)]).await;
     assert!(s.events(order).await.is_empty());
 }
 
