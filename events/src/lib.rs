@@ -15,6 +15,7 @@ pub mod asyncapi;
 pub mod command;
 pub mod compat;
 pub mod envelope;
+pub mod health;
 pub mod inventory;
 pub mod naming;
 pub mod ordering;

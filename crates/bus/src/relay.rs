@@ -142,7 +142,7 @@ impl RelayLock {
         .context("cannot set the TCP keepalive of the relay's session")?;
         Ok(Self {
             conn,
-            key: lock_key(stream),
+            key: relay_lock_key(stream),
         })
     }
 
@@ -350,8 +350,9 @@ fn waves(batch: &[StoredEvent]) -> Vec<Vec<&StoredEvent>> {
     waves
 }
 
-/// The advisory-lock key of a stream's relay: a stable 64-bit FNV-1a hash of its name.
-fn lock_key(stream: &StreamName) -> i64 {
+/// The advisory-lock key of a stream's relay: a stable 64-bit FNV-1a hash of its name. Health
+/// checks read who holds it from `pg_locks`.
+pub fn relay_lock_key(stream: &StreamName) -> i64 {
     let hash = format!("chorus-relay:{}", stream.name())
         .bytes()
         .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
@@ -397,9 +398,9 @@ mod tests {
 
     #[test]
     fn each_stream_has_its_own_lock() {
-        let a = lock_key(&StreamName::for_context("ordering"));
-        let b = lock_key(&StreamName::for_context("inventory"));
+        let a = relay_lock_key(&StreamName::for_context("ordering"));
+        let b = relay_lock_key(&StreamName::for_context("inventory"));
         assert_ne!(a, b);
-        assert_eq!(a, lock_key(&StreamName::for_context("ordering")));
+        assert_eq!(a, relay_lock_key(&StreamName::for_context("ordering")));
     }
 }

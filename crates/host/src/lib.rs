@@ -1,33 +1,52 @@
 //! Runs one bounded context as a service process.
 //!
 //! A [`Host`] owns what every context needs: its event store (migrated at start), a NATS
-//! connection (refusing servers older than 2.12), the provisioned streams, and its outbox
-//! relay. The context adds its reactions ([`Host::react`]), its deadline tickers
-//! ([`Host::tick`]) and its command endpoints ([`Host::serve`], a NATS service with one endpoint
-//! per command in queue group `chorus`). [`Host::run`] then runs until told to stop or until a
-//! task fails, and stops in order: no new work, the batch in hand finished and acked.
+//! connection (refusing servers older than 2.12), the provisioned streams, its outbox relay,
+//! and the NATS service `<context>` with its health endpoint (`chorus.<context>.health`, see
+//! [`health`]). The context adds its reactions ([`Host::react`]), its deadline tickers
+//! ([`Host::tick`]), its command endpoints ([`Host::serve`], one endpoint per command in the
+//! same service, queue group `chorus`) and, when it is configured, the HTTP health listener
+//! ([`Host::listen_health`]). [`Host::run`] then runs until told to stop or until a task fails,
+//! and stops in order: no new work, the batch in hand finished and acked.
 //!
 //! The host holds no domain logic; the context's crate does.
 
+pub mod health;
+pub mod http;
+
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::service::ServiceExt;
+use async_nats::service::{Service, ServiceExt};
 use bus::{Consumer, ConsumerSpec, Handler, Relay};
 use events::command::{CommandReply, QUEUE_GROUP, command_subject};
 use events::{BoundedContext, Metadata, headers};
 use eventstore::{DeadlineHandler, Store, Ticker};
 use futures::StreamExt;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// A context's settings, read once from the environment.
+pub use health::{Check, CheckKind, CheckState, HealthReport, health_subject};
+pub use http::{health_addr_from_env, health_addr_var, parse_health_addr};
+
+use crate::health::Monitor;
+
+/// Health requests answered at once, at most; more wait for a turn.
+const CONCURRENT_HEALTH_REQUESTS: usize = 8;
+
+/// A context's settings, read once from the environment. (The health listener's address,
+/// `<CONTEXT>_HEALTH_ADDR`, is read apart, by [`health_addr_from_env`], and given to
+/// [`Host::listen_health`]: only a service process listens for HTTP.)
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub context: BoundedContext,
     /// `<CONTEXT>_DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/chorus_<context>`.
+    /// Its `application_name`, if it has one, is replaced by the instance's name (see
+    /// [`HealthReport::instance`]).
     pub database_url: String,
     /// `NATS_URL`, default `nats://127.0.0.1:4222`.
     pub nats_url: String,
@@ -84,22 +103,33 @@ pub struct Host {
     store: Store,
     client: async_nats::Client,
     js: async_nats::jetstream::Context,
+    /// The NATS service `<context>`: the health endpoint and the command endpoints.
+    service: Service,
+    monitor: Monitor,
     shutdown: CancellationToken,
     tasks: JoinSet<(String, anyhow::Result<()>)>,
 }
 
 impl Host {
-    /// Connects, migrates the store, provisions the streams and starts the relay.
+    /// Connects, migrates the store, provisions the streams, starts the relay and the NATS
+    /// service `<context>` with its health endpoint.
     pub async fn start(settings: &Settings) -> anyhow::Result<Self> {
         let context = settings.context;
-        let store = Store::connect(&settings.database_url, settings.database_connections)
+        let database_var = format!("{}_DATABASE_URL", context.name().to_uppercase());
+        let instance = instance_name(context);
+        let options: PgConnectOptions = settings
+            .database_url
+            .parse()
+            .with_context(|| format!("{database_var} is not a PostgreSQL URL"))?;
+        // Every session of this instance carries its name: the health check tells this
+        // instance's relay from another's by it.
+        let options = options.application_name(&instance);
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.database_connections)
+            .connect_with(options)
             .await
-            .with_context(|| {
-                format!(
-                    "cannot open the {context} event store ({}_DATABASE_URL)",
-                    context.name().to_uppercase()
-                )
-            })?;
+            .with_context(|| format!("cannot open the {context} event store ({database_var})"))?;
+        let store = Store::from_pool(pool);
         store
             .migrate()
             .await
@@ -119,11 +149,55 @@ impl Host {
             relay.run(token).await;
             ("relay".to_owned(), Ok(()))
         });
+
+        let name = context.name();
+        let service = client
+            .service_builder()
+            .description(format!("The {name} context: its commands and its health"))
+            .queue_group(QUEUE_GROUP)
+            .start(name, env!("CARGO_PKG_VERSION"))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot start the {name} NATS service: {e}"))?;
+        let monitor = Monitor::new(
+            context,
+            instance,
+            store.clone(),
+            client.clone(),
+            js.clone(),
+            shutdown.clone(),
+        );
+        let subject = health_subject(context);
+        let endpoint = service
+            .endpoint_builder()
+            .name(health::HEALTH_ENDPOINT)
+            .add(&subject)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot add endpoint {subject}: {e}"))?;
+        let answering = monitor.clone();
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            endpoint
+                .take_until(token.cancelled_owned())
+                .for_each_concurrent(CONCURRENT_HEALTH_REQUESTS, |request| {
+                    let (answering, subject) = (&answering, &subject);
+                    async move {
+                        let report = answering.report().await;
+                        let body = serde_json::to_vec(&report).unwrap_or_default();
+                        if let Err(e) = request.respond(Ok(body.into())).await {
+                            tracing::warn!(endpoint = %subject, error = %e, "cannot reply");
+                        }
+                    }
+                })
+                .await;
+            (format!("endpoint {subject}"), Ok(()))
+        });
         Ok(Self {
             context,
             store,
             client,
             js,
+            service,
+            monitor,
             shutdown,
             tasks,
         })
@@ -142,10 +216,34 @@ impl Host {
         self.shutdown.clone()
     }
 
+    /// The service's health now, as `chorus.<context>.health` answers it.
+    pub async fn health(&self) -> HealthReport {
+        self.monitor.report().await
+    }
+
+    /// Serves `GET /healthz` and `GET /readyz` on `addr` (see [`http`]) until the host stops.
+    /// Returns the address it listens on (with port 0, the port the system chose). An address
+    /// it cannot listen on fails here, naming `<CONTEXT>_HEALTH_ADDR`.
+    pub async fn listen_health(&mut self, addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+        let listener = http::bind(self.context, addr).await?;
+        let local = listener.local_addr().with_context(|| {
+            format!(
+                "cannot listen for health checks on {addr} ({})",
+                health_addr_var(self.context)
+            )
+        })?;
+        tracing::info!(context = %self.context, addr = %local, "serving /healthz and /readyz");
+        let serving = http::serve(listener, self.monitor.clone(), self.shutdown.clone());
+        self.tasks
+            .spawn(async move { (format!("health listener {local}"), serving.await) });
+        Ok(local)
+    }
+
     /// Runs `handler` on each of the durable consumers `specs`.
     pub fn react<H: Handler>(&mut self, specs: Vec<ConsumerSpec>, handler: Arc<H>) {
         for spec in specs {
             let name = spec.name.clone();
+            let health = self.monitor.register(CheckKind::Consumer, &name);
             let consumer = Consumer::new(
                 self.store.clone(),
                 self.js.clone(),
@@ -153,8 +251,15 @@ impl Host {
                 Arc::clone(&handler),
             );
             let token = self.shutdown.clone();
-            self.tasks
-                .spawn(async move { (name, consumer.run(token).await) });
+            self.tasks.spawn(async move {
+                let outcome = consumer.run(token).await;
+                let detail = match &outcome {
+                    Ok(()) => "stopped".to_owned(),
+                    Err(e) => format!("{e:#}"),
+                };
+                health.set(CheckState::Stopped, Some(detail));
+                (name, outcome)
+            });
         }
     }
 
@@ -163,27 +268,35 @@ impl Host {
         let ticker = Ticker::new(self.store.clone(), kind, handler);
         let token = self.shutdown.clone();
         let name = format!("ticker {kind}");
+        let health = self.monitor.register(CheckKind::Ticker, kind);
         self.tasks.spawn(async move {
-            ticker.run(token).await;
+            let observer = health.clone();
+            ticker
+                .run_observed(token, move |outcome| match outcome {
+                    Ok(_) => observer.set(CheckState::Running, None),
+                    Err(e) => observer.set(
+                        CheckState::Failing,
+                        Some(format!("the last tick failed: {e}")),
+                    ),
+                })
+                .await;
+            health.set(CheckState::Stopped, Some("stopped".to_owned()));
             (name, Ok(()))
         });
     }
 
-    /// Serves `commands` as the NATS service `<context>`, one endpoint per command.
+    /// Serves `commands` in the NATS service `<context>`, one endpoint per command.
     pub async fn serve<C: Commands>(&mut self, commands: Arc<C>) -> anyhow::Result<()> {
         let context = self.context.name();
-        let service = self
-            .client
-            .service_builder()
-            .description(format!("Commands of the {context} context"))
-            .queue_group(QUEUE_GROUP)
-            .start(context, env!("CARGO_PKG_VERSION"))
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot start the {context} command service: {e}"))?;
-        let service = Arc::new(service);
+        let health = health::HEALTH_ENDPOINT;
+        anyhow::ensure!(
+            !commands.names().contains(&health),
+            "a command cannot be named {health}: chorus.{context}.{health} is the health endpoint"
+        );
         for name in commands.names() {
             let subject = command_subject(context, name);
-            let mut endpoint = service
+            let mut endpoint = self
+                .service
                 .endpoint_builder()
                 .name(*name)
                 .add(&subject)
@@ -191,10 +304,7 @@ impl Host {
                 .map_err(|e| anyhow::anyhow!("cannot add endpoint {subject}: {e}"))?;
             let commands = Arc::clone(&commands);
             let token = self.shutdown.clone();
-            // Keeps the service (and its stats) alive as long as an endpoint runs.
-            let service = Arc::clone(&service);
             self.tasks.spawn(async move {
-                let _service = service;
                 loop {
                     let request = tokio::select! {
                         () = token.cancelled() => break,
@@ -216,7 +326,9 @@ impl Host {
         Ok(())
     }
 
-    /// Runs until `stop` completes or a task fails, then stops every task in order.
+    /// Runs until `stop` completes or a task fails, then stops every task in order: the NATS
+    /// service leaves (requests go to the other instances), the tasks finish their work in
+    /// hand, the health listener closes.
     pub async fn run(mut self, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
         tracing::info!(context = %self.context, "running");
         let failure = tokio::select! {
@@ -232,6 +344,9 @@ impl Host {
             },
         };
         self.shutdown.cancel();
+        if let Err(e) = self.service.stop().await {
+            tracing::warn!(error = %e, "cannot stop the NATS service");
+        }
         let drain = async {
             while let Some(done) = self.tasks.join_next().await {
                 if let Ok((name, Err(e))) = done {
@@ -257,6 +372,15 @@ impl Host {
             None => Ok(()),
         }
     }
+}
+
+/// A name for this instance of `context`'s service: `chorus-<context>-<pid>-<random>`,
+/// unique among instances on one host and, by its random part, across hosts.
+fn instance_name(context: BoundedContext) -> String {
+    let random = uuid::Uuid::now_v7().simple().to_string();
+    // The last hex digits of a v7 id are random.
+    let suffix = &random[random.len() - 8..];
+    format!("chorus-{}-{}-{suffix}", context.name(), std::process::id())
 }
 
 /// Correlation and trace context from a request's headers.

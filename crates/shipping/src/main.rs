@@ -1,7 +1,9 @@
 //! `shipping`: the shipping context's service process.
 //!
 //! Settings, from the environment: `SHIPPING_DATABASE_URL`, `SHIPPING_DATABASE_CONNECTIONS`,
-//! `NATS_URL` (see [`host::Settings`]), `RUST_LOG` (default `info,sqlx=warn`) and
+//! `NATS_URL` (see [`host::Settings`]), `SHIPPING_HEALTH_ADDR` (e.g. `127.0.0.1:8084`: serve
+//! `GET /healthz` and `GET /readyz` there; unset, the health is served over NATS only,
+//! `chorus.shipping.health`), `RUST_LOG` (default `info,sqlx=warn`) and
 //! `CHORUS_LOG_FORMAT` (`text`, the default, or `json`). Runs until Ctrl-C or SIGTERM.
 
 use events::BoundedContext;
@@ -9,7 +11,11 @@ use events::BoundedContext;
 fn main() -> std::process::ExitCode {
     host::main("shipping", || async {
         let settings = host::Settings::from_env(BoundedContext::Shipping)?;
-        let host = shipping::service::start(&settings).await?;
+        let health_addr = host::health_addr_from_env(BoundedContext::Shipping)?;
+        let mut host = shipping::service::start(&settings).await?;
+        if let Some(addr) = health_addr {
+            host.listen_health(addr).await?;
+        }
         host.run(host::signal()).await
     })
 }

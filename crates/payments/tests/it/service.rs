@@ -1,5 +1,6 @@
 //! The payments service on a private nats-server and a database of its own: it starts its
-//! durable consumers, runs, and stops cleanly.
+//! durable consumers, answers for its health though it has no command, runs, and stops
+//! cleanly.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +45,12 @@ async fn the_service_runs_its_durable_consumers_and_stops_cleanly() {
     }
     assert!(!run.is_finished(), "the service stopped on its own");
 
+    // No command endpoint, but a NATS service with the health endpoint all the same.
+    let client = nats.connect().await.unwrap();
+    let report = ready_report(&client).await;
+    assert_eq!(report.context, "payments");
+    assert_eq!(tasks(&report, host::CheckKind::Consumer), names);
+
     stop.cancel();
     let stopped = tokio::time::timeout(Duration::from_secs(30), run)
         .await
@@ -58,4 +65,37 @@ async fn the_service_runs_its_durable_consumers_and_stops_cleanly() {
             .unwrap();
         assert_eq!(consumer.cached_info().config.durable_name, Some(spec.name));
     }
+}
+
+/// Asks `chorus.payments.health` until the service reports itself ready; returns the report.
+async fn ready_report(client: &async_nats::Client) -> host::HealthReport {
+    let subject = host::health_subject(BoundedContext::Payments);
+    let last = std::cell::RefCell::new(None);
+    let ready = harness::wait_until(
+        "payments ready",
+        std::time::Duration::from_secs(30),
+        || async {
+            let Ok(reply) = client.request(subject.clone(), "".into()).await else {
+                return false;
+            };
+            let report: host::HealthReport = serde_json::from_slice(&reply.payload).unwrap();
+            let ready = report.ready;
+            *last.borrow_mut() = Some(report);
+            ready
+        },
+    )
+    .await;
+    let last = last.into_inner();
+    ready.unwrap_or_else(|e| panic!("{e:#}; last report: {last:#?}"));
+    last.unwrap()
+}
+
+/// The consumers and tickers a health report lists, by name.
+fn tasks(report: &host::HealthReport, kind: host::CheckKind) -> Vec<String> {
+    report
+        .checks
+        .iter()
+        .filter(|c| c.kind == kind)
+        .map(|c| c.name.clone())
+        .collect()
 }
