@@ -50,7 +50,12 @@ fn payment_events_captured(events: &[PaymentEvent]) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_in_stock_and_paid_is_confirmed_shipped_and_delivered() {
-    let system = System::start().await;
+    an_order_is_confirmed_shipped_and_delivered(&System::start().await).await;
+}
+
+/// The happy path on `system`: placed, confirmed, shipped, delivered; stock committed. Also
+/// run under the accounts of `nats/` (`security`).
+pub async fn an_order_is_confirmed_shipped_and_delivered(system: &System) {
     system.define_product("BOOK", 1_500).await;
     system.define_product("PEN", 250).await;
     system.receive("BOOK", 5).await;
@@ -62,19 +67,19 @@ async fn an_order_in_stock_and_paid_is_confirmed_shipped_and_delivered() {
     assert_eq!(payment.status(), PaymentStatus::Captured);
     assert_eq!(payment.captured(), Some(Money::new(3_750, eur())));
 
-    wait_for_shipment(&system, order, ShipmentStatus::Scheduled).await;
+    wait_for_shipment(system, order, ShipmentStatus::Scheduled).await;
     system.dispatch(order).await;
     system.wait_for_status(order, OrderStatus::Shipped).await;
     system.deliver(order).await;
     system.wait_for_status(order, OrderStatus::Delivered).await;
 
-    invariants::check(&system, &expect(&[(order, OrderStatus::Delivered)])).await;
+    invariants::check(system, &expect(&[(order, OrderStatus::Delivered)])).await;
     assert_eq!(
         system.allocation(order).await.status(),
         AllocationStatus::Committed
     );
-    assert_eq!(stock_levels(&system, "BOOK").await, (3, 0, 2));
-    assert_eq!(stock_levels(&system, "PEN").await, (7, 0, 3));
+    assert_eq!(stock_levels(system, "BOOK").await, (3, 0, 2));
+    assert_eq!(stock_levels(system, "PEN").await, (7, 0, 3));
     assert_eq!(system.simulator().capture_calls(order), 1);
 }
 
@@ -126,7 +131,12 @@ async fn an_order_with_one_line_short_is_rejected_and_reserves_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_declined_payment_rejects_the_order_and_releases_its_stock() {
-    let system = System::start().await;
+    a_declined_payment_is_compensated(&System::start().await).await;
+}
+
+/// The compensation of a declined payment on `system`: rejected `PaymentDeclined`, stock
+/// released. Also run under the accounts of `nats/` (`security`).
+pub async fn a_declined_payment_is_compensated(system: &System) {
     system.define_product("LAMP", 4_200).await;
     system.receive("LAMP", 5).await;
 
@@ -137,7 +147,7 @@ async fn a_declined_payment_rejects_the_order_and_releases_its_stock() {
         Some(RejectionReason::PaymentDeclined)
     );
 
-    invariants::check(&system, &expect(&[(order, OrderStatus::Rejected)])).await;
+    invariants::check(system, &expect(&[(order, OrderStatus::Rejected)])).await;
     assert_eq!(
         system.payment(order).await.status(),
         PaymentStatus::Declined
@@ -151,13 +161,14 @@ async fn a_declined_payment_rejects_the_order_and_releases_its_stock() {
         ),
         "{allocation:?}"
     );
-    assert_eq!(stock_levels(&system, "LAMP").await, (5, 0, 0));
+    assert_eq!(stock_levels(system, "LAMP").await, (5, 0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payment_that_never_answers_times_out_rejects_the_order_and_releases_the_stock() {
     let system = System::start_with(Options {
         payment_timeout: chrono::Duration::seconds(3),
+        ..Options::default()
     })
     .await;
     system.define_product("CHAIR", 9_900).await;
@@ -450,6 +461,7 @@ async fn sagas_wait_for_a_stopped_service_and_finish_when_it_is_back() {
 async fn a_capture_that_ordering_learns_of_after_the_deadline_leaves_the_contexts_agreeing() {
     let mut system = System::start_with(Options {
         payment_timeout: chrono::Duration::seconds(3),
+        ..Options::default()
     })
     .await;
     system.define_product("CLOCK", 1_200).await;

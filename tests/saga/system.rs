@@ -30,6 +30,8 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::security::{self, SecureNats};
+
 /// How long a test waits for the saga to reach a state. Generous: a slow machine running
 /// several systems at once must not fail a test that is merely slow.
 pub const PATIENCE: Duration = Duration::from_secs(30);
@@ -42,16 +44,45 @@ static SYSTEMS: Semaphore = Semaphore::const_new(2);
 /// The four contexts, in the order they are started.
 pub const CONTEXTS: [BoundedContext; 4] = BoundedContext::ALL;
 
-/// A system to start: how long ordering waits for an order's payment before it rejects it.
+/// A system to start: how long ordering waits for an order's payment before it rejects it,
+/// and whether it runs under the accounts of `nats/` (`secure`): the server on
+/// `nats/secure.conf`, each service as its own user, the test's commands sent as the gateway
+/// and its reads of JetStream done as the operator.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
     pub payment_timeout: chrono::Duration,
+    pub secure: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Self {
             payment_timeout: chrono::Duration::seconds(60),
+            secure: false,
+        }
+    }
+}
+
+/// The private nats-server of a system: open, or on `nats/secure.conf` with its users.
+#[derive(Debug)]
+enum Nats {
+    Open(NatsServer),
+    Secure(SecureNats),
+}
+
+impl Nats {
+    fn server(&self) -> &NatsServer {
+        match self {
+            Nats::Open(server) => server,
+            Nats::Secure(secure) => secure.server(),
+        }
+    }
+
+    /// The URL `context`'s service connects with: as its own user on a secure server.
+    fn url(&self, context: BoundedContext) -> String {
+        match self {
+            Nats::Open(server) => server.url(),
+            Nats::Secure(secure) => secure.url(context.name()),
         }
     }
 }
@@ -76,7 +107,7 @@ pub struct System {
     /// Read access to each context's event store (the test's own pools).
     stores: HashMap<BoundedContext, Store>,
     databases: HashMap<BoundedContext, TestDatabase>,
-    nats: NatsServer,
+    nats: Nats,
     _permit: SemaphorePermit<'static>,
 }
 
@@ -91,17 +122,32 @@ impl System {
             .acquire()
             .await
             .expect("the semaphore is never closed");
-        let nats = NatsServer::start().await.expect("nats-server starts");
+        let nats = if options.secure {
+            Nats::Secure(SecureNats::start().await)
+        } else {
+            Nats::Open(NatsServer::start().await.expect("nats-server starts"))
+        };
         let created = futures::future::join_all(CONTEXTS.map(|_| TestDatabase::create())).await;
         let databases: HashMap<_, _> = CONTEXTS
             .into_iter()
             .zip(created)
             .map(|(context, db)| (context, db.expect("test database")))
             .collect();
-        let client = bus::connect(&nats.url(), "e2e")
-            .await
-            .expect("the test connects to nats-server");
-        let js = jetstream::new(client.clone());
+        // Commands go out on `client`, JetStream is read through `js`: on a secure server, as
+        // the gateway and the operator would.
+        let (client, js) = match &nats {
+            Nats::Open(server) => {
+                let client = bus::connect(&server.url(), "e2e")
+                    .await
+                    .expect("the test connects to nats-server");
+                (client.clone(), jetstream::new(client))
+            }
+            Nats::Secure(secure) => {
+                let gateway = secure.connect("gateway").await.client;
+                let operator = secure.connect("operator").await.client;
+                (gateway, jetstream::new(operator))
+            }
+        };
         let provider = Arc::new(Resilient::new(
             Simulator::default(),
             ResiliencePolicy::default(),
@@ -133,7 +179,7 @@ impl System {
         Settings {
             context,
             database_url: self.databases[&context].url(),
-            nats_url: self.nats.url(),
+            nats_url: self.nats.url(context),
             database_connections: 4,
         }
     }
@@ -185,6 +231,11 @@ impl System {
 
     pub fn simulator(&self) -> &Simulator {
         self.provider.inner()
+    }
+
+    /// The permission violations the server has logged so far (its log lines naming one).
+    pub fn permission_violations(&self) -> Vec<String> {
+        security::logged_violations(self.nats.server())
     }
 
     // ---- commands ----------------------------------------------------------------------

@@ -7,19 +7,52 @@ use anyhow::{Context, bail};
 /// stream sources; see `docs/adr/0004-nats-server-2-12.md`.
 pub const MIN_SERVER_VERSION: (u32, u32, u32) = (2, 12, 0);
 
-/// Connects as `name` and checks the server version.
+/// Connects as `name` and checks the server version. A `user:password@` in the URL is the
+/// service's NATS user (see `nats/auth.conf`). Replies to its requests come on the inbox prefix
+/// `_INBOX_<name>`, so that on a secured server each service may read its own replies and no
+/// one else's (the messages its pull consumers receive among them).
 pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
-    let client = async_nats::ConnectOptions::new()
+    let shown = redact(url);
+    let client = options(url)
         .name(name)
+        .custom_inbox_prefix(format!("_INBOX_{name}"))
         .max_reconnects(None)
         .connect(url)
         .await
-        .with_context(|| format!("cannot connect to NATS at {url}"))?;
+        .with_context(|| format!("cannot connect to NATS at {shown}"))?;
     // The initial INFO arrives as part of the connection handshake; wait for it to be read.
     client.flush().await.context("NATS did not answer")?;
     check_server_version(&client.server_info().version)
-        .with_context(|| format!("NATS at {url}"))?;
+        .with_context(|| format!("NATS at {shown}"))?;
     Ok(client)
+}
+
+/// Connect options carrying the URL's `user:password@`, if it has one: async-nats parses them
+/// from the URL but does not send them by itself.
+pub fn options(url: &str) -> async_nats::ConnectOptions {
+    let options = async_nats::ConnectOptions::new();
+    match url.parse::<async_nats::ServerAddr>() {
+        Ok(addr) => match (addr.username(), addr.password()) {
+            (Some(user), Some(password)) => {
+                options.user_and_password(user.to_owned(), password.to_owned())
+            }
+            _ => options,
+        },
+        Err(_) => options,
+    }
+}
+
+/// The URL as it may be shown in a message: without its password.
+pub fn redact(url: &str) -> String {
+    match url.parse::<async_nats::ServerAddr>() {
+        Ok(addr) if addr.password().is_some() => {
+            let user = addr.username().unwrap_or_default();
+            let rest = url.rsplit_once('@').map_or(url, |(_, rest)| rest);
+            let scheme = url.split_once("://").map_or("nats", |(scheme, _)| scheme);
+            format!("{scheme}://{user}:***@{rest}")
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// Fails with a message saying what to install when `version` is older than
@@ -65,5 +98,14 @@ mod tests {
             check_server_version(ok).unwrap();
         }
         assert!(check_server_version("garbage").is_err());
+    }
+
+    #[test]
+    fn a_password_in_the_url_is_never_shown() {
+        assert_eq!(
+            redact("nats://ordering:s3cret@127.0.0.1:4222"),
+            "nats://ordering:***@127.0.0.1:4222"
+        );
+        assert_eq!(redact("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
     }
 }

@@ -49,19 +49,20 @@ impl NatsArgs {
         let url = self.url();
         let check = "is nats-server running there? Set --nats-url or NATS_URL \
                      (`chorus dev` serves nats://127.0.0.1:4300)";
-        let client = async_nats::ConnectOptions::new()
+        let shown = bus::redact(url);
+        let client = bus::connect_options(url)
             .name("chorus-cli")
             .connection_timeout(CONNECT_TIMEOUT)
             .connect(url)
             .await
-            .map_err(|e| anyhow!("cannot connect to NATS at {url}: {e}; {check}"))?;
+            .map_err(|e| anyhow!("cannot connect to NATS at {shown}: {e}; {check}"))?;
         // The server's INFO is read during the handshake; a flush waits for it.
         tokio::time::timeout(CONNECT_TIMEOUT, client.flush())
             .await
-            .map_err(|_| anyhow!("NATS at {url} did not answer within {CONNECT_TIMEOUT:?}"))?
-            .with_context(|| format!("NATS at {url} did not answer"))?;
+            .map_err(|_| anyhow!("NATS at {shown} did not answer within {CONNECT_TIMEOUT:?}"))?
+            .with_context(|| format!("NATS at {shown} did not answer"))?;
         bus::check_server_version(&client.server_info().version)
-            .with_context(|| format!("NATS at {url}"))?;
+            .with_context(|| format!("NATS at {shown}"))?;
         Ok(async_nats::jetstream::new(client))
     }
 }

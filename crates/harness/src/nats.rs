@@ -138,6 +138,9 @@ pub struct NatsServer {
     port: u16,
     store_dir: PathBuf,
     config_file: Option<PathBuf>,
+    /// Variables set in the server's environment on top of the test process's own: a config
+    /// file may name them (`password: $ORDERING_NATS_PASSWORD`).
+    env: Vec<(String, String)>,
     child: Option<Child>,
     /// Holds the store dir of servers made by `start`; removed on drop, after
     /// `Drop::drop` has killed the process.
@@ -156,6 +159,21 @@ impl NatsServer {
         Self::launch(None, None, Some(config_file)).await
     }
 
+    /// Like [`start_with_config`](Self::start_with_config), with `env` added to the server's
+    /// environment (and kept for restarts), for config files that read variables: a test
+    /// cannot set its own process's environment while other tests run.
+    pub async fn start_with_config_and_env<K, V>(
+        config_file: &Path,
+        env: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<NatsServer>
+    where
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let env = env.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        Self::launch_with_env(None, None, Some(config_file), env).await
+    }
+
     /// For the launcher: a server on `port` that keeps its JetStream data in
     /// `store_dir` (created if missing, never removed).
     pub async fn start_in(
@@ -170,6 +188,15 @@ impl NatsServer {
         store_dir: Option<PathBuf>,
         port: Option<u16>,
         config_file: Option<&Path>,
+    ) -> Result<NatsServer> {
+        Self::launch_with_env(store_dir, port, config_file, Vec::new()).await
+    }
+
+    async fn launch_with_env(
+        store_dir: Option<PathBuf>,
+        port: Option<u16>,
+        config_file: Option<&Path>,
+        env: Vec<(String, String)>,
     ) -> Result<NatsServer> {
         let (store_dir, temp_dir) = match store_dir {
             Some(dir) => {
@@ -190,6 +217,7 @@ impl NatsServer {
             port: 0,
             store_dir,
             config_file: config_file.map(Path::to_path_buf),
+            env,
             child: None,
             _temp_dir: temp_dir,
         };
@@ -280,6 +308,7 @@ impl NatsServer {
             .arg(&self.store_dir)
             .arg("--ports_file_dir")
             .arg(&ports_dir)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(
                 log.try_clone()

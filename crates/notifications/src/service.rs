@@ -86,13 +86,25 @@ impl Options {
     }
 }
 
-/// Connects as `notifications` and refuses a server older than [`MIN_SERVER_VERSION`].
+/// Connects as `notifications` and refuses a server older than [`MIN_SERVER_VERSION`]. A
+/// `user:password@` in the URL is sent as the NATS user (async-nats parses it from the URL but
+/// does not send it by itself); replies come on the inbox prefix `_INBOX_notifications`, the
+/// only one its user may read on a secured server (`nats/auth.conf`).
 pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
-    let client = async_nats::ConnectOptions::new()
+    let mut options = async_nats::ConnectOptions::new()
         .name("notifications")
+        .custom_inbox_prefix("_INBOX_notifications");
+    let mut shown = url.to_owned();
+    if let Ok(addr) = url.parse::<async_nats::ServerAddr>()
+        && let (Some(user), Some(password)) = (addr.username(), addr.password())
+    {
+        shown = url.replace(&format!(":{password}@"), ":***@");
+        options = options.user_and_password(user.to_owned(), password.to_owned());
+    }
+    let client = options
         .connect(url)
         .await
-        .with_context(|| format!("cannot connect to NATS at {url}"))?;
+        .with_context(|| format!("cannot connect to NATS at {shown}"))?;
     check_server_version(&client.server_info().version)?;
     Ok(client)
 }
