@@ -20,6 +20,7 @@ pub mod inventory;
 pub mod naming;
 pub mod ordering;
 pub mod payments;
+pub mod query;
 pub mod schema;
 pub mod shipping;
 pub mod values;

@@ -1,0 +1,717 @@
+//! The projection runtime: one writer per projection, reading its source streams with ordered
+//! consumers and committing each batch, with its checkpoints, in one transaction.
+//!
+//! **Progress lives in the projection's database, not in JetStream.** A session reads the
+//! checkpoints (last stream sequence applied, per source stream), opens an ordered consumer
+//! on each stream starting right after its checkpoint (no durable consumer, no acks), and then
+//! takes whatever messages are ready, up to a batch, across its streams. One transaction
+//! applies the batch to the read model, records the last event applied per aggregate
+//! (`applied`) and moves each stream's checkpoint with a compare-and-set. So the effect of a
+//! message is exactly once: the checkpoint moves if and only if the data does. Any failure
+//! (database, NATS, a consumer that ends) drops the consumers; the next session starts again
+//! from what the database says. A durable consumer with acks would hold a second copy of the
+//! progress, and a message redelivered after a failed batch could arrive after later ones.
+//!
+//! **Idempotent per aggregate.** An event whose aggregate already has an `applied` sequence at
+//! or above its own is skipped. That makes a projection indifferent to events published twice
+//! (a republish beyond JetStream's duplicate window) and to a stream deleted, recreated and
+//! republished: the checkpoint keeps the stream's creation time, and when it differs the
+//! checkpoint goes back to 0 and the new stream is read again, its known events skipped.
+//!
+//! **Compare-and-set, and the apply lock.** Each batch transaction first takes a
+//! transaction-scoped advisory lock on its schema, then moves the checkpoints only from the
+//! values the session holds. A rebuild swaps its schema in under the same lock, so a batch
+//! runs entirely before or entirely after a swap; after one, the checkpoints differ and the
+//! writer starts a new session from the swapped-in checkpoints (nothing lost, nothing twice).
+//!
+//! **One live writer per projection.** A live writer holds a session-scoped advisory lock on a
+//! connection of its own; other instances stand by until it is released. After each commit it
+//! notifies [`NOTIFY_CHANNEL`] with the projection's name, which wakes read-your-writes queries.
+//!
+//! **Poison messages** (envelope or payload that cannot be read) are copied by the live writer
+//! to the dead-letter stream with the reason, before the batch that passes over them commits;
+//! rebuilds only count and log them (the live writer dead-lettered them already).
+//!
+//! Batches commit with `synchronous_commit = off`: a crash of PostgreSQL may lose the last
+//! batches, but never one without its checkpoint, so the writer reads them again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull::OrderedConfig};
+use chrono::{DateTime, Utc};
+use events::naming::dead_letter_subject;
+use events::{BoundedContext, headers};
+use futures::{Stream, StreamExt};
+use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
+use tokio_util::sync::CancellationToken;
+
+use crate::model;
+use crate::projection::{Projection, lock_key};
+use crate::source::{self, Read, SourceEvent};
+
+/// The channel notified after every commit of a live writer; the payload is the projection's
+/// name.
+pub const NOTIFY_CHANNEL: &str = "projection_advanced";
+
+/// Messages applied per transaction, at most, unless configured otherwise.
+pub const DEFAULT_BATCH_SIZE: usize = 1_000;
+
+/// Pause after a failed session before the next one.
+const RETRY_DELAY: Duration = Duration::from_millis(500);
+
+/// How often a live writer checks that the connection holding its lock is still there.
+const LOCK_CHECK: Duration = Duration::from_secs(5);
+
+/// How often a session checks that its streams are the ones it opened (a stream deleted and
+/// recreated under an ordered consumer is read on from the old position, silently).
+const STREAM_CHECK: Duration = Duration::from_secs(2);
+
+/// What sessions did, added up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Stream messages read past (applied, skipped as known, passed over, or poison).
+    pub messages: u64,
+    /// Events applied to the read model.
+    pub applied: u64,
+    /// Messages that could not be read.
+    pub poison: u64,
+}
+
+/// How a session ended without failing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// Every bounded stream reached its bound.
+    Reached,
+    /// Asked to stop; the batch in hand was committed.
+    Cancelled,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SessionError {
+    /// A checkpoint is not what the session last wrote: a rebuild was swapped in, or another
+    /// writer ran. Start again from the database.
+    #[error("the checkpoint of {0} moved under the writer")]
+    Moved(String),
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
+impl From<sqlx::Error> for SessionError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Failed(error.into())
+    }
+}
+
+/// One stream's position per source context.
+pub(crate) type Positions = BTreeMap<BoundedContext, u64>;
+
+type Item = (BoundedContext, Result<jetstream::Message, String>);
+type Reader = Pin<Box<dyn Stream<Item = Item> + Send>>;
+
+/// A message as the reader hands it to the writer: already decoded, so that decoding the next
+/// batch overlaps with committing this one.
+#[derive(Debug)]
+struct Incoming {
+    context: BoundedContext,
+    sequence: u64,
+    read: Read,
+    /// Kept for a poison message only: it is copied to the dead letters as it came.
+    message: Option<jetstream::Message>,
+}
+
+/// Writes one projection into one schema.
+#[derive(Debug, Clone)]
+pub(crate) struct Runner {
+    pool: PgPool,
+    js: jetstream::Context,
+    projection: Projection,
+    schema: String,
+    batch_size: usize,
+    /// A live writer dead-letters poison messages and notifies waiting queries.
+    live: bool,
+}
+
+impl Runner {
+    pub(crate) fn new(
+        pool: PgPool,
+        js: jetstream::Context,
+        projection: Projection,
+        schema: String,
+        batch_size: usize,
+        live: bool,
+    ) -> Self {
+        Self {
+            pool,
+            js,
+            projection,
+            schema,
+            batch_size: batch_size.max(1),
+            live,
+        }
+    }
+
+    pub(crate) fn projection(&self) -> Projection {
+        self.projection
+    }
+
+    /// The checkpoints as committed.
+    pub(crate) async fn checkpoints(&self) -> anyhow::Result<Positions> {
+        Ok(self
+            .stored()
+            .await?
+            .into_iter()
+            .map(|(context, (_, sequence))| (context, sequence))
+            .collect())
+    }
+
+    /// The creation time of each stream as the checkpoints know it.
+    pub(crate) async fn checkpoint_created(
+        &self,
+    ) -> anyhow::Result<BTreeMap<BoundedContext, DateTime<Utc>>> {
+        Ok(self
+            .stored()
+            .await?
+            .into_iter()
+            .map(|(context, (created, _))| (context, created))
+            .collect())
+    }
+
+    async fn stored(&self) -> anyhow::Result<BTreeMap<BoundedContext, (DateTime<Utc>, u64)>> {
+        let mut tx = self.begin().await?;
+        let rows: Vec<(String, DateTime<Utc>, i64)> =
+            sqlx::query_as("SELECT stream, stream_created, sequence FROM checkpoints")
+                .fetch_all(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(self
+            .projection
+            .sources()
+            .iter()
+            .filter_map(|&context| {
+                let name = context.stream().name();
+                rows.iter()
+                    .find(|(stream, _, _)| *stream == name)
+                    .map(|(_, created, sequence)| {
+                        (context, (*created, u64::try_from(*sequence).unwrap_or(0)))
+                    })
+            })
+            .collect())
+    }
+
+    /// Runs as the live writer until `shutdown`: waits for the writer lock, then runs sessions,
+    /// starting a new one after any failure.
+    pub(crate) async fn run_live(self, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            match self.lead(&shutdown).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(projection = %self.projection, error = format!("{e:#}"),
+                        "projection writer failed; starting over");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(RETRY_DELAY) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn lead(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let mut lock = PgConnection::connect_with(&self.pool.connect_options())
+            .await
+            .context("cannot connect for the writer lock")?;
+        let key = lock_key("writer", self.projection.name());
+        loop {
+            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(key)
+                .fetch_one(&mut lock)
+                .await?;
+            if locked {
+                break;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = tokio::time::sleep(RETRY_DELAY) => {}
+            }
+        }
+        tracing::info!(projection = %self.projection, "projection writer is live");
+        let mut counts = Counts::default();
+        loop {
+            let outcome = tokio::select! {
+                outcome = self.session(None, &mut counts, &|_| {}, shutdown) => outcome,
+                lost = lock_lost(&mut lock) => return Err(lost),
+            };
+            match outcome {
+                Ok(Ended::Cancelled) => {
+                    lock.close().await.ok();
+                    tracing::info!(projection = %self.projection, "projection writer stopped");
+                    return Ok(());
+                }
+                Ok(Ended::Reached) => {
+                    tracing::warn!(projection = %self.projection, "every source stream ended; reopening them");
+                }
+                Err(SessionError::Moved(stream)) => {
+                    tracing::info!(projection = %self.projection, stream,
+                        "checkpoint moved (a rebuild was swapped in) or stream recreated; \
+                         resuming from the database");
+                    continue;
+                }
+                Err(SessionError::Failed(e)) => {
+                    tracing::warn!(projection = %self.projection, error = format!("{e:#}"),
+                        "projection session failed; starting again from the checkpoints");
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = tokio::time::sleep(RETRY_DELAY) => {}
+            }
+        }
+    }
+
+    /// One session: reads the checkpoints, then applies batches until `cancel`, or (with
+    /// `bounds`) until each stream named there has been applied up to its sequence; streams
+    /// not named are not read. `on_batch` hears how many messages each batch read past.
+    pub(crate) async fn session(
+        &self,
+        bounds: Option<&Positions>,
+        counts: &mut Counts,
+        on_batch: &(dyn Fn(u64) + Send + Sync),
+        cancel: &CancellationToken,
+    ) -> Result<Ended, SessionError> {
+        let (mut checkpoints, created) = self.prepare().await?;
+        let mut readers: Vec<Reader> = Vec::new();
+        for (&context, &after) in &checkpoints {
+            let until = match bounds {
+                None => None,
+                Some(bounds) => match bounds.get(&context) {
+                    Some(&until) if until > after => Some(until),
+                    _ => continue,
+                },
+            };
+            readers.push(self.open(context, after, until).await?);
+        }
+        if readers.is_empty() {
+            return Ok(Ended::Reached);
+        }
+        // Reading runs ahead while a batch commits: what arrived meanwhile is the next batch.
+        let (sender, mut received) = tokio::sync::mpsc::channel(self.batch_size * 4);
+        let mut merged = futures::stream::select_all(readers);
+        let aggregate_types = self.projection.aggregate_types();
+        let _reading = AbortOnDrop(tokio::spawn(async move {
+            while let Some((context, message)) = merged.next().await {
+                let incoming = message.and_then(|message| {
+                    let sequence = message
+                        .info()
+                        .map_err(|e| format!("not a JetStream message: {e}"))?
+                        .stream_sequence;
+                    let read = source::read(context, &message, aggregate_types);
+                    let message = matches!(read, Read::Poison(_)).then_some(message);
+                    Ok(Incoming {
+                        context,
+                        sequence,
+                        read,
+                        message,
+                    })
+                });
+                let incoming = incoming.map_err(|e| (context, e));
+                if sender.send(incoming).await.is_err() {
+                    return;
+                }
+            }
+        }));
+        let mut check = tokio::time::interval(STREAM_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        check.tick().await;
+        let mut batch = Vec::with_capacity(self.batch_size);
+        loop {
+            let taken = tokio::select! {
+                biased;
+                () = cancel.cancelled() => return Ok(Ended::Cancelled),
+                taken = received.recv_many(&mut batch, self.batch_size) => taken,
+                _ = check.tick() => {
+                    for (&context, &opened) in &created {
+                        if stream_state(&self.js, context).await?.0 != opened {
+                            return Err(SessionError::Moved(context.stream().name()));
+                        }
+                    }
+                    continue;
+                }
+            };
+            if taken == 0 {
+                return Ok(Ended::Reached);
+            }
+            let batch = std::mem::replace(&mut batch, Vec::with_capacity(self.batch_size));
+            let read = self.handle(batch, &mut checkpoints, bounds, counts).await?;
+            on_batch(read);
+        }
+    }
+
+    /// Reads the checkpoints, creating missing ones and resetting those of recreated streams.
+    async fn prepare(
+        &self,
+    ) -> anyhow::Result<(Positions, BTreeMap<BoundedContext, DateTime<Utc>>)> {
+        let mut streams = Vec::new();
+        for &context in self.projection.sources() {
+            let (created, last) = stream_state(&self.js, context).await?;
+            streams.push((context, created, last));
+        }
+        let mut tx = self.begin().await?;
+        let mut checkpoints = Positions::new();
+        let mut opened = BTreeMap::new();
+        for (context, created, last) in streams {
+            opened.insert(context, created);
+            let name = context.stream().name();
+            sqlx::query(
+                "INSERT INTO checkpoints (stream, stream_created, sequence) VALUES ($1, $2, 0) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&name)
+            .bind(created)
+            .execute(&mut *tx)
+            .await?;
+            let (stored_created, sequence): (DateTime<Utc>, i64) = sqlx::query_as(
+                "SELECT stream_created, sequence FROM checkpoints WHERE stream = $1",
+            )
+            .bind(&name)
+            .fetch_one(&mut *tx)
+            .await?;
+            let mut sequence = u64::try_from(sequence).unwrap_or(0);
+            if stored_created != created || sequence > last {
+                tracing::warn!(projection = %self.projection, schema = %self.schema, stream = %name,
+                    checkpoint = sequence, last_sequence = last,
+                    "the stream was recreated since the projection read it; reading it again \
+                     from its start (events applied before are skipped)");
+                sqlx::query(
+                    "UPDATE checkpoints SET stream_created = $2, sequence = 0, first_sequence = 0 \
+                     WHERE stream = $1",
+                )
+                .bind(&name)
+                .bind(created)
+                .execute(&mut *tx)
+                .await?;
+                sequence = 0;
+            }
+            checkpoints.insert(context, sequence);
+        }
+        tx.commit().await?;
+        Ok((checkpoints, opened))
+    }
+
+    /// An ordered consumer on `context`'s stream from `after + 1`, ending after `until`.
+    async fn open(
+        &self,
+        context: BoundedContext,
+        after: u64,
+        until: Option<u64>,
+    ) -> anyhow::Result<Reader> {
+        let stream = context.stream().name();
+        let config = OrderedConfig {
+            description: Some(format!("projection {} ({})", self.projection, self.schema)),
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: after + 1,
+            },
+            ..Default::default()
+        };
+        let messages = self
+            .js
+            .create_consumer_on_stream(config, &stream)
+            .await
+            .with_context(|| format!("cannot create an ordered consumer on {stream}"))?
+            .messages()
+            .await
+            .with_context(|| format!("cannot read stream {stream}"))?
+            .map(move |m| (context, m.map_err(|e| e.to_string())));
+        let Some(until) = until else {
+            return Ok(Box::pin(messages));
+        };
+        // Ends after the message at `until` (or past it, should `until` have been deleted).
+        let bounded =
+            futures::stream::unfold((messages, false), move |(mut messages, done)| async move {
+                if done {
+                    return None;
+                }
+                let item = messages.next().await?;
+                let last = match &item.1 {
+                    Ok(message) => message
+                        .info()
+                        .is_ok_and(|info| info.stream_sequence >= until),
+                    Err(_) => false,
+                };
+                Some((item, (messages, last)))
+            });
+        Ok(Box::pin(bounded))
+    }
+
+    /// Applies one batch and moves the checkpoints; returns how many messages it read past.
+    async fn handle(
+        &self,
+        batch: Vec<Result<Incoming, (BoundedContext, String)>>,
+        checkpoints: &mut Positions,
+        bounds: Option<&Positions>,
+        counts: &mut Counts,
+    ) -> Result<u64, SessionError> {
+        let mut advanced = checkpoints.clone();
+        let mut events = Vec::with_capacity(batch.len());
+        let mut poison = Vec::new();
+        let mut read = 0;
+        for incoming in batch {
+            let Incoming {
+                context,
+                sequence,
+                read: what,
+                message,
+            } = incoming.map_err(|(context, e)| {
+                anyhow!("reading stream {}: {e}", context.stream().name())
+            })?;
+            let position = advanced.entry(context).or_insert(0);
+            // A consumer recreated by the client may start over; what is behind is done.
+            if sequence <= *position {
+                continue;
+            }
+            if let Some(&until) = bounds.and_then(|b| b.get(&context))
+                && sequence > until
+            {
+                *position = (*position).max(until);
+                continue;
+            }
+            *position = sequence;
+            read += 1;
+            match (what, message) {
+                (Read::Event(event), _) => events.push(*event),
+                (Read::Poison(reason), Some(message)) => poison.push((message, reason)),
+                (Read::Ignored | Read::Poison(_), _) => {}
+            }
+        }
+        if advanced == *checkpoints {
+            return Ok(0);
+        }
+        for (message, reason) in &poison {
+            if self.live {
+                self.dead_letter(message, reason).await?;
+            } else {
+                tracing::warn!(projection = %self.projection, schema = %self.schema,
+                    subject = %message.subject, reason, "message cannot be read; passed over");
+            }
+        }
+        let applied = self.commit(checkpoints, &advanced, events).await?;
+        *checkpoints = advanced;
+        counts.messages += read;
+        counts.applied += applied;
+        counts.poison += poison.len() as u64;
+        Ok(read)
+    }
+
+    /// Begins a transaction on the projection's schema, holding its apply lock.
+    async fn begin(&self) -> sqlx::Result<Transaction<'static, Postgres>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock($1), set_config('search_path', $2, true), \
+                 set_config('synchronous_commit', 'off', true), \
+                 set_config('application_name', $3, true)",
+        )
+        .bind(lock_key("apply", &self.schema))
+        .bind(&self.schema)
+        .bind(format!("projection {}", self.schema))
+        .execute(&mut *tx)
+        .await?;
+        Ok(tx)
+    }
+
+    /// One transaction: checkpoints (compare-and-set), new events, `applied`, notification.
+    async fn commit(
+        &self,
+        from: &Positions,
+        to: &Positions,
+        events: Vec<SourceEvent>,
+    ) -> Result<u64, SessionError> {
+        let mut tx = self.begin().await?;
+        let mut streams = Vec::new();
+        let mut old = Vec::new();
+        let mut new = Vec::new();
+        for (context, &sequence) in to {
+            let before = from.get(context).copied().unwrap_or(0);
+            if sequence != before {
+                streams.push(context.stream().name());
+                old.push(to_i64(before));
+                new.push(to_i64(sequence));
+            }
+        }
+        let moved = sqlx::query(
+            "UPDATE checkpoints AS c SET sequence = u.new \
+             FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(stream, old, new) \
+             WHERE c.stream = u.stream AND c.sequence = u.old",
+        )
+        .bind(&streams)
+        .bind(&old)
+        .bind(&new)
+        .execute(&mut *tx)
+        .await?;
+        if moved.rows_affected() != streams.len() as u64 {
+            tx.rollback().await.ok();
+            return Err(SessionError::Moved(streams.join(", ")));
+        }
+
+        // The last event applied per aggregate of the batch: known ones are skipped.
+        let mut last: HashMap<(String, String), Last> = HashMap::new();
+        for event in &events {
+            last.entry((event.aggregate_type.clone(), event.aggregate_id.clone()))
+                .or_default();
+        }
+        let (types, ids): (Vec<&str>, Vec<&str>) =
+            last.keys().map(|(t, i)| (t.as_str(), i.as_str())).unzip();
+        // A lookup per key: a join could pick a scan of the whole table, which grows.
+        let known: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT k.t, k.i, a.sequence FROM unnest($1::text[], $2::text[]) AS k(t, i) \
+             CROSS JOIN LATERAL (SELECT sequence FROM applied \
+                 WHERE aggregate_type = k.t AND aggregate_id = k.i) a",
+        )
+        .bind(&types)
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (t, i, sequence) in known {
+            if let Some(entry) = last.get_mut(&(t, i)) {
+                entry.sequence = sequence;
+            }
+        }
+        let fresh: Vec<SourceEvent> = events
+            .into_iter()
+            .filter(|event| {
+                let key = (event.aggregate_type.clone(), event.aggregate_id.clone());
+                let entry = last.entry(key).or_default();
+                if event.sequence <= entry.sequence {
+                    return false;
+                }
+                entry.sequence = event.sequence;
+                entry.position = entry.position.max(event.position);
+                entry.touched = true;
+                true
+            })
+            .collect();
+        model::apply(self.projection, &mut tx, &fresh).await?;
+
+        let mut types = Vec::new();
+        let mut ids = Vec::new();
+        let mut sequences = Vec::new();
+        let mut positions = Vec::new();
+        for ((t, i), entry) in last.into_iter().filter(|(_, e)| e.touched) {
+            types.push(t);
+            ids.push(i);
+            sequences.push(entry.sequence);
+            positions.push(entry.position);
+        }
+        if !types.is_empty() {
+            sqlx::query(
+                "INSERT INTO applied AS a (aggregate_type, aggregate_id, sequence, position) \
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) \
+                 ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET \
+                     sequence = EXCLUDED.sequence, \
+                     position = GREATEST(a.position, EXCLUDED.position)",
+            )
+            .bind(&types)
+            .bind(&ids)
+            .bind(&sequences)
+            .bind(&positions)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if self.live {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(NOTIFY_CHANNEL)
+                .bind(self.projection.name())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(fresh.len() as u64)
+    }
+
+    /// Copies a message that cannot be read to the dead-letter stream, with the reason, as the
+    /// bus consumers do (same headers; de-duplicated per projection, stream and sequence).
+    async fn dead_letter(&self, message: &jetstream::Message, reason: &str) -> anyhow::Result<()> {
+        let consumer = format!("projection-{}", self.projection);
+        let info = message.info().ok();
+        let stream = info.as_ref().map_or("", |i| i.stream).to_owned();
+        let stream_sequence = info.as_ref().map_or(0, |i| i.stream_sequence);
+        let mut map = message.headers.clone().unwrap_or_default();
+        let reason: String = reason
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(2_000)
+            .collect();
+        map.insert(headers::DLQ_CONSUMER, consumer.as_str());
+        map.insert(headers::DLQ_ERROR, reason.as_str());
+        map.insert(headers::DLQ_ATTEMPTS, "1");
+        map.insert(headers::DLQ_STREAM, stream.as_str());
+        map.insert(
+            headers::DLQ_STREAM_SEQUENCE,
+            stream_sequence.to_string().as_str(),
+        );
+        map.insert(headers::DLQ_SUBJECT, message.subject.as_str());
+        let dedup = format!("{consumer}:{stream}:{stream_sequence}");
+        map.insert(headers::MSG_ID, dedup.as_str());
+        self.js
+            .publish_with_headers(dead_letter_subject(&consumer), map, message.payload.clone())
+            .await
+            .context("cannot dead-letter a poison message")?
+            .await
+            .context("the dead-letter stream did not take a poison message")?;
+        tracing::error!(projection = %self.projection, stream, stream_sequence, reason,
+            "message cannot be read; dead-lettered and passed over");
+        Ok(())
+    }
+}
+
+/// Aborts the task when dropped: a session's reader ends with the session.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[derive(Debug, Default)]
+struct Last {
+    sequence: i64,
+    position: i64,
+    touched: bool,
+}
+
+/// A stream's creation time (to the microsecond, as PostgreSQL keeps it) and last sequence.
+pub(crate) async fn stream_state(
+    js: &jetstream::Context,
+    context: BoundedContext,
+) -> anyhow::Result<(DateTime<Utc>, u64)> {
+    let name = context.stream().name();
+    let mut stream = js
+        .get_stream(&name)
+        .await
+        .with_context(|| format!("cannot find stream {name}"))?;
+    let info = stream
+        .info()
+        .await
+        .with_context(|| format!("cannot read the state of stream {name}"))?;
+    let micros = i64::try_from(info.created.unix_timestamp_nanos() / 1_000).unwrap_or(0);
+    let created = DateTime::from_timestamp_micros(micros).unwrap_or_default();
+    Ok((created, info.state.last_sequence))
+}
+
+/// Resolves when the connection holding the writer lock stops answering.
+async fn lock_lost(conn: &mut PgConnection) -> anyhow::Error {
+    let mut tick = tokio::time::interval(LOCK_CHECK);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Err(e) = sqlx::query("SELECT 1").execute(&mut *conn).await {
+            return anyhow!(e).context("lost the connection holding the writer lock");
+        }
+    }
+}
+
+pub(crate) fn to_i64(sequence: u64) -> i64 {
+    i64::try_from(sequence).unwrap_or(i64::MAX)
+}
