@@ -16,7 +16,9 @@ mod message;
 pub mod provision;
 mod relay;
 
-pub use connect::{MIN_SERVER_VERSION, check_server_version, connect, options as connect_options, redact};
+pub use connect::{
+    MIN_SERVER_VERSION, check_server_version, connect, options as connect_options, redact,
+};
 pub use consumer::{Backoff, Consumer, ConsumerSpec, Handler, HandlerError};
 pub use message::{Received, event_headers};
 pub use relay::{Published, Relay, RelayConfig, RelayLock, publish_events, relay_lock_key};
