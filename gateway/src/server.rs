@@ -1,0 +1,194 @@
+//! Starting, serving and stopping the gateway.
+//!
+//! [`Gateway::start`] connects to NATS (under the inbox prefix `_INBOX_gateway`, the only one
+//! the gateway's NATS user may subscribe to, and refusing servers older than 2.12), opens the
+//! idempotency bucket, builds the router and binds the address. [`Gateway::run`] serves until
+//! told to stop, then stops taking connections, lets the requests in hand finish (up to 30 s)
+//! and flushes NATS.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState, Shared};
+use crate::idempotency::Idempotency;
+use crate::metrics::Metrics;
+use crate::openapi;
+use crate::protect::RateLimiter;
+use crate::settings::{ADDR_VAR, NATS_URL_VAR, Settings};
+use crate::upstream::Upstream;
+
+/// The inbox prefix of the gateway's replies (see `nats/auth.conf`).
+pub const INBOX_PREFIX: &str = "_INBOX_gateway";
+
+/// How often the rate limiter forgets principals that have been quiet.
+const FORGET_EVERY: Duration = Duration::from_secs(60);
+
+/// A gateway, bound and ready to serve.
+#[derive(Debug)]
+pub struct Gateway {
+    listener: TcpListener,
+    addr: SocketAddr,
+    router: axum::Router,
+    state: AppState,
+    client: async_nats::Client,
+    shutdown: CancellationToken,
+}
+
+impl Gateway {
+    /// Connects, opens the idempotency bucket and binds `settings.addr`.
+    pub async fn start(settings: Settings) -> anyhow::Result<Self> {
+        let client = connect(&settings.nats_url).await?;
+        let js = async_nats::jetstream::new(client.clone());
+        let idempotency =
+            Idempotency::open(&js, settings.idempotency_ttl, settings.request_timeout).await?;
+        let routes = api::routes();
+        let operations: Vec<_> = routes.iter().map(|r| r.operation.clone()).collect();
+        let document = serde_json::to_vec(&openapi::document(&operations))
+            .context("cannot encode the OpenAPI document")?;
+        let state = AppState::new(Shared {
+            upstream: Upstream::new(client.clone(), settings.request_timeout),
+            idempotency,
+            verifier: settings.verifier.clone(),
+            limiter: RateLimiter::new(settings.rate_limit),
+            metrics: Metrics::new().context("cannot register the metrics")?,
+            max_body_bytes: settings.max_body_bytes,
+            document: document.into(),
+            docs_page: openapi::docs_page(&operations),
+        });
+        let router = api::router(routes, state.clone(), &settings.cors_origins);
+        let listener = TcpListener::bind(settings.addr)
+            .await
+            .with_context(|| format!("cannot listen on {} ({ADDR_VAR})", settings.addr))?;
+        let addr = listener
+            .local_addr()
+            .with_context(|| format!("cannot listen on {} ({ADDR_VAR})", settings.addr))?;
+        Ok(Self {
+            listener,
+            addr,
+            router,
+            state,
+            client,
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    /// The address it listens on (with port 0, the port the system chose).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Cancelling it stops the gateway, as a signal would.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Serves until `stop` completes (or the shutdown token is cancelled), then stops in order.
+    pub async fn run(self, stop: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.addr, "gateway serving");
+        let shutdown = self.shutdown.clone();
+        let limiter_state = self.state.clone();
+        let forgetting = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                let mut tick = tokio::time::interval(FORGET_EVERY);
+                loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        _ = tick.tick() => limiter_state.limiter.forget_idle(),
+                    }
+                }
+            }
+        });
+        let signal = {
+            let shutdown = shutdown.clone();
+            async move {
+                tokio::select! {
+                    () = stop => {}
+                    () = shutdown.cancelled() => {}
+                }
+                tracing::info!("gateway stopping: finishing the requests in hand");
+                shutdown.cancel();
+            }
+        };
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let serving = axum::serve(self.listener, service).with_graceful_shutdown(signal);
+        let outcome = tokio::select! {
+            outcome = serving => outcome.context("the HTTP server failed"),
+            () = async {
+                shutdown.cancelled().await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            } => {
+                tracing::warn!("some requests did not finish within 30 s");
+                Ok(())
+            }
+        };
+        shutdown.cancel();
+        forgetting.await.ok();
+        if tokio::time::timeout(Duration::from_secs(5), self.client.flush())
+            .await
+            .is_err()
+        {
+            tracing::warn!("NATS did not take the last messages within 5 s");
+        }
+        tracing::info!("gateway stopped");
+        outcome
+    }
+}
+
+/// Connects to NATS as the gateway and checks the server's version.
+pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
+    let shown = redact(url);
+    let client = async_nats::ConnectOptions::new()
+        .name("gateway")
+        .custom_inbox_prefix(INBOX_PREFIX)
+        .max_reconnects(None)
+        .connect(url)
+        .await
+        .with_context(|| format!("cannot connect to NATS at {shown} ({NATS_URL_VAR})"))?;
+    client
+        .flush()
+        .await
+        .with_context(|| format!("NATS at {shown} did not answer ({NATS_URL_VAR})"))?;
+    bus::check_server_version(&client.server_info().version)
+        .with_context(|| format!("NATS at {shown} ({NATS_URL_VAR})"))?;
+    Ok(client)
+}
+
+/// `url` without the password it may hold (`nats://user:secret@host` is shown as
+/// `nats://user:***@host`).
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((credentials, host)) => {
+            let user = credentials
+                .split_once(':')
+                .map_or(credentials, |(user, _)| user);
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_password_in_the_nats_url_is_not_shown() {
+        assert_eq!(
+            super::redact("nats://gateway:s3cret@nats:4222"),
+            "nats://gateway:***@nats:4222"
+        );
+        assert_eq!(
+            super::redact("nats://127.0.0.1:4222"),
+            "nats://127.0.0.1:4222"
+        );
+    }
+}
