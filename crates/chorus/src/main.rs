@@ -3,7 +3,9 @@
 //! `chorus dev` runs the local system: a private nats-server (2.12 or newer), and the four
 //! context services in this process, each on its own database of the local PostgreSQL. The
 //! operator commands work on a running system: `chorus dlq` inspects, retries and purges the
-//! dead letters, `chorus republish` publishes a context's event store to its stream again. The
+//! dead letters, `chorus republish` publishes a context's event store to its stream again,
+//! `chorus token` mints a bearer token for the HTTP gateway, `chorus replay` rebuilds (or
+//! verifies) read models without downtime, `chorus projections status` shows their lag. The
 //! CLI holds no domain logic; the services it starts, and the crates it calls, do.
 //!
 //! Each command group is one variant of [`Command`] and one module; what they share has one
@@ -16,7 +18,9 @@ mod dev;
 mod dlq;
 mod exit;
 mod progress;
+mod replay;
 mod republish;
+mod token;
 
 use clap::{Parser, Subcommand};
 
@@ -50,6 +54,11 @@ enum Command {
     #[command(subcommand)]
     Dlq(dlq::Command),
     Republish(republish::Args),
+    Replay(replay::ReplayArgs),
+    /// The read models: each projection's position and lag.
+    #[command(subcommand)]
+    Projections(replay::ProjectionsCommand),
+    Token(token::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -60,5 +69,8 @@ fn main() -> std::process::ExitCode {
         Command::Dev => exit::run("info", async { dev::run(dev::Config::from_env()?).await }),
         Command::Dlq(command) => exit::run("warn", dlq::run(command)),
         Command::Republish(args) => exit::run("warn", republish::run(args)),
+        Command::Replay(args) => exit::run("warn", replay::replay(args)),
+        Command::Projections(command) => exit::run("warn", replay::projections(command)),
+        Command::Token(args) => exit::run("warn", token::run(args)),
     }
 }

@@ -13,7 +13,7 @@ pub fn events(total: u64) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(total), target);
     // The template is a constant; it parses, or the bar falls back to indicatif's default.
     if let Ok(style) = ProgressStyle::with_template(
-        "{elapsed_precise} [{wide_bar}] {human_pos}/{human_len} events, {rate} events/s, ETA {eta}",
+        "{elapsed_precise} [{wide_bar}] {human_pos}/{human_len} events, {rate} events/s, ETA {eta} {msg}",
     ) {
         let rate = |state: &ProgressState, out: &mut dyn std::fmt::Write| {
             // A progress line that cannot be written is no reason to stop the work.

@@ -7,7 +7,9 @@
 
 mod dlq;
 mod errors;
+mod replay;
 mod republish;
+mod token;
 
 use std::collections::HashMap;
 use std::process::Stdio;
