@@ -140,7 +140,7 @@ pub trait Event: Sized + Clone + Debug + Send + Sync + 'static {
 ///     /// Events of the Order aggregate.
 ///     pub enum OrderEvent: "order" {
 ///         OrderPlaced = 1,
-///         OrderConfirmed = 2 (upcast from v1 with upcast_confirmed_v1),
+///         OrderConfirmed = 2 (upcast with upcast_confirmed_v1),
 ///     }
 /// }
 /// ```

@@ -21,7 +21,9 @@ use events::ordering::{
     Address, OrderConfirmed, OrderDelivered, OrderEvent, OrderLine, OrderPlaced, OrderRejected,
     OrderShipped, RejectionReason,
 };
-use events::payments::{PaymentCaptured, PaymentDeclined, PaymentEvent, PaymentRequested};
+use events::payments::{
+    DeclineCode, PaymentCaptured, PaymentDeclined, PaymentEvent, PaymentRequested,
+};
 use events::shipping::{ShipmentDelivered, ShipmentDispatched, ShipmentEvent, ShipmentScheduled};
 use events::values::{Currency, CustomerId, Money, OrderId, Quantity, Sku};
 use events::{BoundedContext, Event, Metadata};
@@ -259,7 +261,8 @@ impl Filler {
                 // Declined: rejected, stock released, payment declined.
                 let declined = PaymentDeclined {
                     order_id,
-                    reason: "card declined".to_owned(),
+                    code: DeclineCode::Refused,
+                    detail: "card declined".to_owned(),
                 };
                 self.send::<PaymentEvent>(BoundedContext::Payments, &id, 2, declined.into())
                     .await?;

@@ -265,7 +265,8 @@ impl Handler for Reactions {
             "payment" => match message.decode::<PaymentEvent>()? {
                 PaymentEvent::PaymentDeclined(d) => {
                     let reason = RejectionReason::PaymentDeclined;
-                    self.reject(uow, d.order_id, reason, d.reason, &metadata)
+                    let detail = format!("{} ({})", d.detail, d.code);
+                    self.reject(uow, d.order_id, reason, detail, &metadata)
                         .await
                 }
                 PaymentEvent::PaymentCaptured(c) => {

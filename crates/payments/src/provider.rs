@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use events::payments::DeclineCode;
 use events::values::{Money, OrderId};
 
 /// What a provider call returns. Boxed so that the port is object-safe: the aggregate's
@@ -15,8 +16,9 @@ pub type ProviderFuture<'a, T> =
 pub enum CaptureOutcome {
     /// The money was taken; `reference` names the capture at the provider.
     Captured { reference: String },
-    /// The provider refused (a business answer: retrying will not change it).
-    Declined { reason: String },
+    /// The provider refused (a business answer: retrying will not change it): why, as a code
+    /// a program can act on, and in the provider's words.
+    Declined { code: DeclineCode, detail: String },
 }
 
 /// The provider's answer to a cancel: what became of the order's money.

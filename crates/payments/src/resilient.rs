@@ -274,6 +274,8 @@ mod tests {
     use tokio::time::advance;
     use uuid::Uuid;
 
+    use events::payments::DeclineCode;
+
     use super::*;
     use crate::simulator::{Simulator, TOKEN_DECLINE, TOKEN_FLAKY, TOKEN_TIMEOUT};
 
@@ -340,7 +342,8 @@ mod tests {
             _: &'a str,
         ) -> ProviderFuture<'a, CaptureOutcome> {
             let declined = CaptureOutcome::Declined {
-                reason: "card declined".to_owned(),
+                code: DeclineCode::Refused,
+                detail: "card declined".to_owned(),
             };
             self.answer(captured(), Some(declined))
         }
@@ -462,7 +465,8 @@ mod tests {
         let provider = resilient(Mode::Decline);
         let start = Instant::now();
         let declined = CaptureOutcome::Declined {
-            reason: "card declined".to_owned(),
+            code: DeclineCode::Refused,
+            detail: "card declined".to_owned(),
         };
         assert_eq!(capture(&provider).await, Ok(declined));
         assert_eq!(provider.inner().calls(), 1);
@@ -601,7 +605,8 @@ mod tests {
             (
                 TOKEN_DECLINE,
                 Ok(CaptureOutcome::Declined {
-                    reason: "card declined".to_owned(),
+                    code: DeclineCode::Refused,
+                    detail: "card declined".to_owned(),
                 }),
                 1,
             ),

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::future::ready;
 use std::sync::{Mutex, PoisonError};
 
+use events::payments::DeclineCode;
 use events::values::{Money, OrderId};
 
 use crate::provider::{
@@ -91,9 +92,10 @@ impl Simulator {
         self.with_order(order_id, |order| {
             order.capture_calls += 1;
             let attempt = order.capture_calls;
-            let declined = |reason: &str| {
+            let declined = |code: DeclineCode, detail: &str| {
                 Ok(CaptureOutcome::Declined {
-                    reason: reason.to_owned(),
+                    code,
+                    detail: detail.to_owned(),
                 })
             };
             // The same reference for every capture of an order: the port's idempotency promise.
@@ -103,7 +105,7 @@ impl Simulator {
                 });
             }
             if order.voided {
-                return declined("voided");
+                return declined(DeclineCode::Voided, "voided");
             }
             let mut capture = || {
                 let reference = format!("sim-cap-{order_id}");
@@ -112,13 +114,13 @@ impl Simulator {
             };
             match token {
                 TOKEN_SUCCESS => capture(),
-                TOKEN_DECLINE => declined("card declined"),
+                TOKEN_DECLINE => declined(DeclineCode::Refused, "card declined"),
                 TOKEN_TIMEOUT => Err(ProviderError::Timeout),
                 TOKEN_FLAKY if attempt <= FLAKY_FAILURES => Err(ProviderError::Unavailable(
                     format!("simulated transient failure {attempt} of {FLAKY_FAILURES}"),
                 )),
                 TOKEN_FLAKY => capture(),
-                _ => declined("unknown test token"),
+                _ => declined(DeclineCode::InvalidToken, "unknown test token"),
             }
         })
     }
@@ -199,9 +201,10 @@ mod tests {
                 reference: format!("sim-cap-{id}"),
             })
         };
-        let declined = |reason: &str| {
+        let declined = |code: DeclineCode, detail: &str| {
             Ok(CaptureOutcome::Declined {
-                reason: reason.to_owned(),
+                code,
+                detail: detail.to_owned(),
             })
         };
         assert_eq!(
@@ -210,11 +213,11 @@ mod tests {
         );
         assert_eq!(
             sim.capture(order(2), eur(100), TOKEN_DECLINE).await,
-            declined("card declined")
+            declined(DeclineCode::Refused, "card declined")
         );
         assert_eq!(
             sim.capture(order(3), eur(100), "tok_nonsense").await,
-            declined("unknown test token")
+            declined(DeclineCode::InvalidToken, "unknown test token")
         );
         for _ in 0..3 {
             assert_eq!(
@@ -271,7 +274,8 @@ mod tests {
             assert_eq!(
                 sim.capture(id, eur(100), TOKEN_SUCCESS).await,
                 Ok(CaptureOutcome::Declined {
-                    reason: "voided".to_owned()
+                    code: DeclineCode::Voided,
+                    detail: "voided".to_owned()
                 })
             );
         }
@@ -320,7 +324,8 @@ mod tests {
             assert_eq!(
                 sim.capture(id, eur(100), TOKEN_FLAKY).await,
                 Ok(CaptureOutcome::Declined {
-                    reason: "voided".to_owned()
+                    code: DeclineCode::Voided,
+                    detail: "voided".to_owned()
                 })
             );
         }

@@ -323,7 +323,7 @@ fn fold(
             }
             PaymentEvent::PaymentDeclined(e) => {
                 change.payment_status = Some("declined");
-                format!("payment declined: {}", e.reason)
+                format!("payment declined ({}): {}", e.code, e.detail)
             }
             PaymentEvent::PaymentRefunded(e) => {
                 change.payment_status = Some("refunded");

@@ -312,3 +312,86 @@ async fn an_interrupted_rebuild_changes_nothing_and_runs_again() {
             .unwrap();
     assert!(!junk);
 }
+
+/// A `PaymentDeclined` published as schema version 1 (a free-text `reason`, before decline
+/// codes) is read as version 2 by the orders projection, live and in a rebuild.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decline_published_as_version_1_is_read_as_version_2() {
+    use events::payments::{PaymentEvent, PaymentRequested};
+
+    let nats = NatsServer::start().await.unwrap();
+    let projections = Projections::start(&nats).await;
+    let publisher = Publisher::new(projections.js.clone());
+    let order = OrderId::new();
+    let id = order.to_string();
+    publisher
+        .publish::<OrderEvent>(
+            BoundedContext::Ordering,
+            &id,
+            placed(order, CustomerId::new(), 1_000),
+        )
+        .await;
+    publisher
+        .publish::<PaymentEvent>(
+            BoundedContext::Payments,
+            &id,
+            PaymentRequested {
+                order_id: order,
+                amount: Money::new(1_000, "EUR".parse().unwrap()),
+                payment_token: "tok_decline".to_owned(),
+            },
+        )
+        .await;
+    // The second payment event, as payments published it before version 2.
+    let current: PaymentEvent = events::payments::PaymentDeclined {
+        order_id: order,
+        code: events::payments::DeclineCode::Refused,
+        detail: String::new(),
+    }
+    .into();
+    let mut v1 = publisher.stored(BoundedContext::Payments, &id, &current, Utc::now());
+    v1.schema_version = 1;
+    v1.payload = serde_json::json!({ "order_id": id, "reason": "card declined" }).to_string();
+    publisher
+        .send(BoundedContext::Payments, &v1)
+        .await
+        .await
+        .unwrap();
+    projections.caught_up().await;
+
+    let read = |pool: sqlx::PgPool| async move {
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT payment_status FROM orders.orders WHERE order_id = $1")
+                .bind(order.to_string())
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        let detail: String = sqlx::query_scalar(
+            "SELECT detail FROM orders.timeline \
+             WHERE order_id = $1 AND event_type = 'PaymentDeclined'",
+        )
+        .bind(order.to_string())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        (status, detail)
+    };
+    let expected = (
+        Some("declined".to_owned()),
+        "payment declined (unclassified): card declined".to_owned(),
+    );
+    assert_eq!(read(projections.pool.clone()).await, expected);
+
+    let cancel = tokio_util::sync::CancellationToken::new();
+    projections::rebuild::rebuild(
+        &projections.pool,
+        &projections.js,
+        Projection::Orders,
+        projections::rebuild::StartAt::Beginning,
+        &projections::rebuild::NoProgress,
+        &cancel,
+    )
+    .await
+    .unwrap();
+    assert_eq!(read(projections.pool.clone()).await, expected, "rebuilt");
+}

@@ -6,7 +6,7 @@ use events::inventory::{AllocationEvent, ReleaseReason};
 use events::ordering::{
     Address, OrderCancelled, OrderEvent, OrderLine, OrderPlaced, OrderRejected, RejectionReason,
 };
-use events::payments::{PaymentDeclined, PaymentEvent};
+use events::payments::{DeclineCode, PaymentDeclined, PaymentEvent};
 use events::shipping::{ShipmentDispatched, ShipmentEvent};
 use events::values::{Currency, CustomerId, Money, OrderId, Quantity, Sku};
 use events::{BoundedContext, Metadata};
@@ -244,7 +244,8 @@ async fn cancellation_decline_dispatch_and_a_payment_timeout_settle_the_reservat
     s.handle(&[cancelled(cancelled_order)]).await;
     let declined = PaymentEvent::from(PaymentDeclined {
         order_id: declined_order,
-        reason: "card declined".into(),
+        code: DeclineCode::Refused,
+        detail: "card declined".into(),
     });
     s.handle(&[received(declined, declined_order)]).await;
     let dispatched = ShipmentEvent::from(ShipmentDispatched {
@@ -401,7 +402,8 @@ async fn other_rejections_release_at_most_once() {
     // The decline itself released the stock; the rejection that follows is a no-op.
     let decline = PaymentEvent::from(PaymentDeclined {
         order_id: declined,
-        reason: "card declined".into(),
+        code: DeclineCode::Refused,
+        detail: "card declined".into(),
     });
     s.handle(&[received(decline, declined)]).await;
     s.handle(&[rejected(declined, RejectionReason::PaymentDeclined)])

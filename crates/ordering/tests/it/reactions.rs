@@ -256,7 +256,7 @@ async fn an_order_is_rejected_with_the_reason_its_saga_failed() {
         rejection(&s, declined_order).await,
         Some((
             RejectionReason::PaymentDeclined,
-            "insufficient funds".into()
+            "insufficient funds (refused)".into()
         ))
     );
     for order in [short, unpaid, declined_order] {
@@ -335,7 +335,10 @@ async fn redelivered_messages_have_no_second_effect() {
     s.handle(&[declined(declined_order, "expired card")]).await;
     assert_eq!(
         rejection(&s, declined_order).await,
-        Some((RejectionReason::PaymentDeclined, "card declined".into()))
+        Some((
+            RejectionReason::PaymentDeclined,
+            "card declined (refused)".into()
+        ))
     );
     // A capture that lost the race with a rejection: the order stays rejected.
     s.handle(&[captured(short)]).await;
@@ -425,4 +428,26 @@ async fn a_database_failure_is_transient() {
     assert!(is_transient(
         &s.try_handle(&repriced("MUG", eur(300), 2)).await
     ));
+}
+
+/// Payments published this decline before decline codes existed (schema version 1, a free-text
+/// `reason`): ordering reads it as version 2 and rejects the order all the same.
+#[tokio::test]
+async fn a_decline_published_as_version_1_rejects_the_order_all_the_same() {
+    let s = with_catalogue().await;
+    let order = placed(&s).await;
+    let v1 = serde_json::json!({ "order_id": order, "reason": "card declined" });
+    let message = bus::Received {
+        schema_version: 1,
+        payload: serde_json::to_vec(&v1).unwrap().into(),
+        ..declined(order, "replaced by the version 1 payload")
+    };
+    s.handle(&[message]).await;
+    assert_eq!(
+        rejection(&s, order).await,
+        Some((
+            RejectionReason::PaymentDeclined,
+            "card declined (unclassified)".into()
+        ))
+    );
 }

@@ -7,7 +7,7 @@ use events::inventory::{
     StockRejected, StockReleased,
 };
 use events::ordering::{Address, OrderEvent};
-use events::payments::{PaymentCaptured, PaymentDeclined, PaymentEvent};
+use events::payments::{DeclineCode, PaymentCaptured, PaymentDeclined, PaymentEvent};
 use events::shipping::{ShipmentDelivered, ShipmentDispatched, ShipmentEvent};
 use events::values::{Currency, CustomerId, Money, OrderId, Quantity, Sku};
 use events::{Event, Metadata};
@@ -240,7 +240,8 @@ pub fn captured(order: OrderId) -> Received {
 pub fn declined(order: OrderId, reason: &str) -> Received {
     let event = PaymentEvent::from(PaymentDeclined {
         order_id: order,
-        reason: reason.into(),
+        code: DeclineCode::Refused,
+        detail: reason.into(),
     });
     message(event, &order.to_string(), 2)
 }

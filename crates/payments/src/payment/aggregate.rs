@@ -3,7 +3,7 @@ use std::sync::Arc;
 use cqrs_es::Aggregate;
 use cqrs_es::event_sink::EventSink;
 use events::payments::{
-    PaymentCaptured, PaymentDeclined, PaymentEvent, PaymentRefunded, PaymentRequested,
+    DeclineCode, PaymentCaptured, PaymentDeclined, PaymentEvent, PaymentRefunded, PaymentRequested,
     PaymentVoided,
 };
 use events::values::{Money, OrderId};
@@ -59,7 +59,11 @@ enum Stage {
         amount: Money,
         reference: String,
     },
-    Declined,
+    /// Why, as the provider said (a version 1 event reads as `unclassified`).
+    Declined {
+        code: DeclineCode,
+        detail: String,
+    },
     Refunded {
         captured: Money,
         refunded: Money,
@@ -73,7 +77,7 @@ impl Payment {
             (None, _) => PaymentStatus::NotRequested,
             (Some(_), Stage::Open) => PaymentStatus::Requested,
             (Some(_), Stage::Captured { .. }) => PaymentStatus::Captured,
-            (Some(_), Stage::Declined) => PaymentStatus::Declined,
+            (Some(_), Stage::Declined { .. }) => PaymentStatus::Declined,
             (Some(_), Stage::Refunded { .. }) => PaymentStatus::Refunded,
             (Some(_), Stage::Voided) => PaymentStatus::Voided,
         }
@@ -89,7 +93,15 @@ impl Payment {
         match self.stage {
             Stage::Captured { amount, .. } => Some(amount),
             Stage::Refunded { captured, .. } => Some(captured),
-            Stage::Open | Stage::Declined | Stage::Voided => None,
+            Stage::Open | Stage::Declined { .. } | Stage::Voided => None,
+        }
+    }
+
+    /// Why the payment was declined, if it was.
+    pub fn decline(&self) -> Option<(DeclineCode, &str)> {
+        match &self.stage {
+            Stage::Declined { code, detail } => Some((*code, detail)),
+            _ => None,
         }
     }
 
@@ -155,9 +167,12 @@ impl Aggregate for Payment {
                         provider_reference: reference,
                     }
                     .into(),
-                    CaptureOutcome::Declined { reason } => {
-                        PaymentDeclined { order_id, reason }.into()
+                    CaptureOutcome::Declined { code, detail } => PaymentDeclined {
+                        order_id,
+                        code,
+                        detail,
                     }
+                    .into(),
                 };
                 sink.write(event, self).await;
             }
@@ -206,7 +221,7 @@ impl Aggregate for Payment {
                         sink.write(event.into(), self).await;
                     }
                     // Nothing was taken, or it was already given back.
-                    Stage::Declined | Stage::Refunded { .. } | Stage::Voided => {}
+                    Stage::Declined { .. } | Stage::Refunded { .. } | Stage::Voided => {}
                 }
             }
         }
@@ -228,7 +243,12 @@ impl Aggregate for Payment {
                     reference: e.provider_reference,
                 };
             }
-            PaymentEvent::PaymentDeclined(_) => self.stage = Stage::Declined,
+            PaymentEvent::PaymentDeclined(e) => {
+                self.stage = Stage::Declined {
+                    code: e.code,
+                    detail: e.detail,
+                };
+            }
             PaymentEvent::PaymentRefunded(e) => {
                 // Refunds are whole: the captured amount is the refunded one if, against
                 // every rule, no capture came first.
@@ -292,10 +312,11 @@ mod tests {
         .into()
     }
 
-    fn declined(reason: &str) -> PaymentEvent {
+    fn declined(code: DeclineCode, detail: &str) -> PaymentEvent {
         PaymentDeclined {
             order_id: order_id(),
-            reason: reason.to_owned(),
+            code,
+            detail: detail.to_owned(),
         }
         .into()
     }
@@ -322,7 +343,7 @@ mod tests {
             "none" => vec![],
             "requested" => vec![requested()],
             "captured" => vec![requested(), captured()],
-            "declined" => vec![requested(), declined("card declined")],
+            "declined" => vec![requested(), declined(DeclineCode::Refused, "card declined")],
             "refunded" => vec![requested(), captured(), refunded()],
             "voided" => vec![requested(), voided()],
             other => panic!("unknown history {other}"),
@@ -433,8 +454,14 @@ mod tests {
     fn capture_records_the_providers_answer_for_each_token() {
         for (token, expected) in [
             (TOKEN_SUCCESS, captured()),
-            (TOKEN_DECLINE, declined("card declined")),
-            ("tok_made_up", declined("unknown test token")),
+            (
+                TOKEN_DECLINE,
+                declined(DeclineCode::Refused, "card declined"),
+            ),
+            (
+                "tok_made_up",
+                declined(DeclineCode::InvalidToken, "unknown test token"),
+            ),
         ] {
             let events = given_requested_with(&Arc::default(), token)
                 .when(PaymentCommand::Capture)
@@ -551,7 +578,7 @@ mod tests {
         // A capture that read the payment before the void was committed.
         given(&sim, "requested")
             .when(PaymentCommand::Capture)
-            .then_expect_events(vec![declined("voided")]);
+            .then_expect_events(vec![declined(DeclineCode::Voided, "voided")]);
         assert!(!sim.holds_money(order_id()));
     }
 

@@ -3,7 +3,7 @@ use std::time::Duration as StdDuration;
 use events::BoundedContext;
 use events::naming::StreamName;
 use events::payments::{
-    PaymentCaptured, PaymentDeclined, PaymentRefunded, PaymentRequested, PaymentVoided,
+    DeclineCode, PaymentCaptured, PaymentDeclined, PaymentRefunded, PaymentRequested, PaymentVoided,
 };
 use payments::reactions::consumers;
 use payments::simulator::{TOKEN_DECLINE, TOKEN_FLAKY, TOKEN_SUCCESS, TOKEN_TIMEOUT};
@@ -116,7 +116,8 @@ async fn a_declined_card_records_the_decline_and_its_rejection_undoes_nothing() 
         .await;
     let declined: PaymentEvent = PaymentDeclined {
         order_id: order,
-        reason: "card declined".into(),
+        code: DeclineCode::Refused,
+        detail: "card declined".into(),
     }
     .into();
     assert_eq!(
@@ -471,4 +472,60 @@ async fn money_is_conserved_across_a_mixed_set_of_orders() {
     }
     assert_eq!(sim.capture_calls(redelivered), 1, "captured once");
     assert_eq!(sim.capture_calls(voided), 0, "voided before its stock");
+}
+
+/// A payment declined before decline codes existed: its `PaymentDeclined` was stored as schema
+/// version 1 (`{order_id, reason}`), and must still load, as version 2.
+#[tokio::test]
+async fn a_decline_stored_as_version_1_loads_as_version_2() {
+    let (s, _sim) = Setup::with_simulator().await;
+    let order = OrderId::new();
+    let id = order.to_string();
+    let rows = [
+        (
+            1,
+            "PaymentRequested",
+            1,
+            serde_json::json!({
+                "order_id": id,
+                "amount": { "amount_minor": 4200, "currency": "EUR" },
+                "payment_token": TOKEN_DECLINE,
+            }),
+        ),
+        (
+            2,
+            "PaymentDeclined",
+            1,
+            serde_json::json!({ "order_id": id, "reason": "card declined" }),
+        ),
+    ];
+    for (sequence, event_type, version, payload) in rows {
+        sqlx::query(
+            "INSERT INTO events (event_id, aggregate_type, aggregate_id, sequence, event_type, \
+             schema_version, payload, metadata) VALUES ($1, 'payment', $2, $3, $4, $5, $6, '{}')",
+        )
+        .bind(uuid::Uuid::now_v7())
+        .bind(&id)
+        .bind(sequence)
+        .bind(event_type)
+        .bind(version)
+        .bind(payload)
+        .execute(s.store.pool())
+        .await
+        .unwrap();
+    }
+
+    let payment = s.payment(order).await;
+    assert_eq!(payment.status(), PaymentStatus::Declined);
+    assert_eq!(
+        payment.decline(),
+        Some((DeclineCode::Unclassified, "card declined"))
+    );
+    let declined: PaymentEvent = PaymentDeclined {
+        order_id: order,
+        code: DeclineCode::Unclassified,
+        detail: "card declined".into(),
+    }
+    .into();
+    assert_eq!(s.events(order).await[1], declined, "read through the store");
 }
