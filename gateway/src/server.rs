@@ -22,9 +22,6 @@ use crate::protect::RateLimiter;
 use crate::settings::{ADDR_VAR, NATS_URL_VAR, Settings};
 use crate::upstream::Upstream;
 
-/// The inbox prefix of the gateway's replies (see `nats/auth.conf`).
-pub const INBOX_PREFIX: &str = "_INBOX_gateway";
-
 /// How often the rate limiter forgets principals that have been quiet.
 const FORGET_EVERY: Duration = Duration::from_secs(60);
 
@@ -142,53 +139,10 @@ impl Gateway {
     }
 }
 
-/// Connects to NATS as the gateway and checks the server's version.
+/// Connects to NATS as the gateway (`bus::connect`: the URL's credentials, the inbox prefix
+/// `_INBOX_gateway` its user may read, the server version check).
 pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
-    let shown = redact(url);
-    let client = async_nats::ConnectOptions::new()
-        .name("gateway")
-        .custom_inbox_prefix(INBOX_PREFIX)
-        .max_reconnects(None)
-        .connect(url)
+    bus::connect(url, "gateway")
         .await
-        .with_context(|| format!("cannot connect to NATS at {shown} ({NATS_URL_VAR})"))?;
-    client
-        .flush()
-        .await
-        .with_context(|| format!("NATS at {shown} did not answer ({NATS_URL_VAR})"))?;
-    bus::check_server_version(&client.server_info().version)
-        .with_context(|| format!("NATS at {shown} ({NATS_URL_VAR})"))?;
-    Ok(client)
-}
-
-/// `url` without the password it may hold (`nats://user:secret@host` is shown as
-/// `nats://user:***@host`).
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    match rest.split_once('@') {
-        Some((credentials, host)) => {
-            let user = credentials
-                .split_once(':')
-                .map_or(credentials, |(user, _)| user);
-            format!("{scheme}://{user}:***@{host}")
-        }
-        None => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn a_password_in_the_nats_url_is_not_shown() {
-        assert_eq!(
-            super::redact("nats://gateway:s3cret@nats:4222"),
-            "nats://gateway:***@nats:4222"
-        );
-        assert_eq!(
-            super::redact("nats://127.0.0.1:4222"),
-            "nats://127.0.0.1:4222"
-        );
-    }
+        .with_context(|| format!("{NATS_URL_VAR} ({})", bus::redact(url)))
 }
