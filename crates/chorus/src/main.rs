@@ -1,7 +1,8 @@
 //! `chorus`: the operator CLI of Chorus.
 //!
-//! `chorus dev` runs the local system: a private nats-server (2.12 or newer), and the four
-//! context services in this process, each on its own database of the local PostgreSQL. The
+//! `chorus dev` runs the local system: a private nats-server (2.12 or newer), PostgreSQL (the
+//! local server or a private cluster), and the four contexts, the projections and the HTTP
+//! gateway in this process, each service on its own database, with a demo catalogue. The
 //! operator commands work on a running system: `chorus dlq` inspects, retries and purges the
 //! dead letters, `chorus republish` publishes a context's event store to its stream again,
 //! `chorus token` mints a bearer token for the HTTP gateway, `chorus replay` rebuilds (or
@@ -39,16 +40,36 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the local system until Ctrl-C.
+    /// Run the whole system locally until Ctrl-C (or SIGTERM).
     ///
-    /// Starts a private nats-server (data under CHORUS_DATA_DIR, default `.chorus/`), creates
-    /// a database per context on the PostgreSQL at DATABASE_URL (default
-    /// postgres://postgres@127.0.0.1:5432/postgres), and runs the ordering, inventory, payments
-    /// and shipping services: event stores, relays, consumers, ordering's payment-timeout
-    /// ticker, and the command endpoints `chorus.<context>.<command>`. Set CHORUS_NATS_URL to
-    /// use a running nats-server (2.12 or newer) instead of starting one; CHORUS_NATS_PORT
-    /// picks the private server's port (default 4300); ORDERING_PAYMENT_TIMEOUT_SECONDS how
-    /// long an order waits for its payment before it is rejected (default 900).
+    /// Starts a private nats-server, finds PostgreSQL (or starts a private cluster), creates
+    /// the databases, and runs in this process the ordering, inventory, payments and shipping
+    /// services, the projections and the HTTP gateway, each configured as in production. Loads
+    /// a small demo catalogue (once: a restart does not add its stock again), then prints the
+    /// gateway's URL, its /docs and /openapi.json, the NATS URL, a shopper and an operator
+    /// token, and a first curl that places an order; the tokens and URLs are also written to
+    /// CHORUS_DATA_DIR/dev.env, for `. .chorus/dev.env` in another shell. Ctrl-C stops the
+    /// gateway, then the services, then the servers it started (nats-server with SIGTERM,
+    /// PostgreSQL with pg_ctl stop), and waits for each.
+    ///
+    /// CHORUS_DATA_DIR (default .chorus): the private servers' data, their logs, dev.env.
+    ///
+    /// CHORUS_NATS_URL: use a running nats-server (2.12 or newer) instead of a private one.
+    /// CHORUS_NATS_PORT (default 4300): the private server's port.
+    ///
+    /// DATABASE_URL: the PostgreSQL to use, as a user that may create databases. Unset: the
+    /// local server at postgres://postgres@127.0.0.1:5432/postgres if it answers, else a private
+    /// cluster in CHORUS_DATA_DIR/postgres on a free port (needs initdb and pg_ctl; under root
+    /// it runs as the postgres user). CHORUS_POSTGRES=private: the private cluster in any case.
+    ///
+    /// CHORUS_DATABASE_PREFIX (default chorus): the databases are <prefix>_ordering,
+    /// <prefix>_inventory, <prefix>_payments, <prefix>_shipping and <prefix>_projections.
+    ///
+    /// CHORUS_GATEWAY_ADDR (default 127.0.0.1:8080): where the gateway listens.
+    /// GATEWAY_JWT_SECRET: the secret tokens are signed with (default: a new one each run);
+    /// the other GATEWAY_* and PROJECTIONS_* settings apply as they do to those services.
+    ///
+    /// ORDERING_PAYMENT_TIMEOUT_SECONDS (default 900): how long an order waits for its payment.
     Dev,
     /// Inspect, retry and purge dead letters (the DEAD_LETTERS stream).
     #[command(subcommand)]
