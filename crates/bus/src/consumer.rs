@@ -20,10 +20,13 @@
 //! A concurrency conflict at commit reruns the batch on fresh state. A database failure naks
 //! the whole batch for later: the messages are not at fault, so they are not dead-lettered.
 //! The loop itself never stops on a message.
+//!
+//! A [`ConsumerObserver`] is told what became of each message ([`MessageOutcome`]) and how
+//! long each batch took, once it is settled: the service's metrics count from there.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -179,16 +182,53 @@ impl ConsumerSpec {
     }
 }
 
+/// What became of a message, as a [`ConsumerObserver`] is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MessageOutcome {
+    /// Handled: its effects committed, then it was acked.
+    Handled,
+    /// Handled before (its event id is in the inbox): acked without running the handler.
+    Skipped,
+    /// Naked, to be delivered again later: a transient failure, an earlier message of its
+    /// aggregate waiting for its retry, a batch that did not commit, or a dead-letter copy
+    /// that failed.
+    Retried,
+    /// Copied to the dead-letter stream with its error, then terminated.
+    DeadLettered,
+}
+
+impl MessageOutcome {
+    /// Its name in snake_case, e.g. `dead_lettered`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageOutcome::Handled => "handled",
+            MessageOutcome::Skipped => "skipped",
+            MessageOutcome::Retried => "retried",
+            MessageOutcome::DeadLettered => "dead_lettered",
+        }
+    }
+}
+
+/// Told what a [`Consumer`] did, e.g. to count it and time it.
+pub trait ConsumerObserver: Send + Sync + 'static {
+    /// A message was settled (acked, naked or terminated) with `outcome`.
+    fn settled(&self, outcome: MessageOutcome);
+
+    /// A batch of `messages` was handled, committed and settled in `took`.
+    fn batch(&self, messages: usize, took: Duration);
+}
+
 /// What to do with one message once the batch is decided.
 #[derive(Debug, Clone)]
 enum Decision {
     Ack,
+    /// Ack a message handled before, without handling it.
+    Skip,
     Retry(Duration),
     DeadLetter(String),
 }
 
 /// Runs a [`Handler`] on a durable consumer.
-#[derive(Debug)]
 pub struct Consumer<H> {
     store: Store,
     js: jetstream::Context,
@@ -197,6 +237,16 @@ pub struct Consumer<H> {
     /// Aggregates with a message waiting for its retry: the message's stream sequence, its
     /// delay, and until when to hold the aggregate's later messages back.
     waiting: Mutex<HashMap<AggregateKey, Waiting>>,
+    observer: Option<Arc<dyn ConsumerObserver>>,
+}
+
+impl<H> std::fmt::Debug for Consumer<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("spec", &self.spec)
+            .field("observed", &self.observer.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 type AggregateKey = (String, String);
@@ -216,6 +266,19 @@ impl<H: Handler> Consumer<H> {
             spec,
             handler,
             waiting: Mutex::default(),
+            observer: None,
+        }
+    }
+
+    /// Tells `observer` what becomes of every message and how long every batch takes.
+    pub fn with_observer(mut self, observer: Arc<dyn ConsumerObserver>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    fn observe(&self, outcome: MessageOutcome) {
+        if let Some(observer) = &self.observer {
+            observer.settled(outcome);
         }
     }
 
@@ -243,6 +306,7 @@ impl<H: Handler> Consumer<H> {
                     None => anyhow::bail!("the message stream of consumer {} ended", self.spec.name),
                 },
             };
+            let started = Instant::now();
             let mut messages = Vec::with_capacity(batch.len());
             for message in batch {
                 match message {
@@ -250,7 +314,13 @@ impl<H: Handler> Consumer<H> {
                     Err(e) => tracing::warn!(consumer = %self.spec.name, error = %e, "pull failed"),
                 }
             }
+            let count = messages.len();
             self.handle_batch(messages).await;
+            if let Some(observer) = &self.observer
+                && count > 0
+            {
+                observer.batch(count, started.elapsed());
+            }
         }
         self.js.client().flush().await.ok();
         tracing::info!(consumer = %self.spec.name, "consumer stopped");
@@ -325,14 +395,25 @@ impl<H: Handler> Consumer<H> {
         let delay = self.spec.backoff.initial;
         for (message, _) in received {
             ack(message, AckKind::Nak(Some(delay))).await;
+            self.observe(MessageOutcome::Retried);
         }
     }
 
     async fn settle(&self, received: &[(jetstream::Message, Received)], decisions: Vec<Decision>) {
         for ((message, parsed), decision) in received.iter().zip(decisions) {
             match decision {
-                Decision::Ack => ack(message, AckKind::Ack).await,
-                Decision::Retry(delay) => ack(message, AckKind::Nak(Some(delay))).await,
+                Decision::Ack => {
+                    ack(message, AckKind::Ack).await;
+                    self.observe(MessageOutcome::Handled);
+                }
+                Decision::Skip => {
+                    ack(message, AckKind::Ack).await;
+                    self.observe(MessageOutcome::Skipped);
+                }
+                Decision::Retry(delay) => {
+                    ack(message, AckKind::Nak(Some(delay))).await;
+                    self.observe(MessageOutcome::Retried);
+                }
                 Decision::DeadLetter(reason) => {
                     self.dead_letter(message, &reason, i64::from(parsed.delivered))
                         .await;
@@ -358,11 +439,15 @@ impl<H: Handler> Consumer<H> {
         for (_, message) in received {
             if handled.contains(&message.event_id) {
                 tracing::debug!(consumer = %self.spec.name, event_id = %message.event_id, "handled before; skipped");
-                decisions.push(Decision::Ack);
+                decisions.push(Decision::Skip);
                 continue;
             }
             if let Some(&index) = first.get(&message.event_id) {
-                let same: Decision = decisions[index].clone();
+                // Acked with the first, but handled once: the copy is skipped.
+                let same = match &decisions[index] {
+                    Decision::Ack => Decision::Skip,
+                    other => other.clone(),
+                };
                 decisions.push(same);
                 continue;
             }
@@ -480,10 +565,12 @@ impl<H: Handler> Consumer<H> {
             Ok(()) => {
                 tracing::error!(consumer = %self.spec.name, stream, stream_sequence, attempts, reason, "message dead-lettered");
                 ack(message, AckKind::Term).await;
+                self.observe(MessageOutcome::DeadLettered);
             }
             Err(e) => {
                 tracing::error!(consumer = %self.spec.name, stream, stream_sequence, error = %e, "cannot dead-letter; redelivering later");
                 ack(message, AckKind::Nak(Some(self.spec.backoff.max))).await;
+                self.observe(MessageOutcome::Retried);
             }
         }
     }

@@ -7,6 +7,8 @@
 //! - [`Consumer`]: a durable pull consumer that hands messages to a [`Handler`] in batches, one
 //!   unit of work (and one commit) per batch, with inbox de-duplication, retries with backoff and
 //!   a dead-letter stream.
+//! - [`RelayObserver`], [`ConsumerObserver`]: what the relay and the consumers tell whoever
+//!   watches them (a service's metrics), without this crate depending on how it is measured.
 //!
 //! This crate holds no domain logic: handlers decide what a message means.
 
@@ -19,6 +21,10 @@ mod relay;
 pub use connect::{
     MIN_SERVER_VERSION, check_server_version, connect, options as connect_options, redact,
 };
-pub use consumer::{Backoff, Consumer, ConsumerSpec, Handler, HandlerError};
+pub use consumer::{
+    Backoff, Consumer, ConsumerObserver, ConsumerSpec, Handler, HandlerError, MessageOutcome,
+};
 pub use message::{Received, event_headers};
-pub use relay::{Published, Relay, RelayConfig, RelayLock, publish_events, relay_lock_key};
+pub use relay::{
+    Published, Relay, RelayConfig, RelayLock, RelayObserver, publish_events, relay_lock_key,
+};

@@ -29,8 +29,12 @@
 //! event of each aggregate in the batch. All publishes of a wave are in flight at once; the
 //! next wave starts when every ack of this one is in. A failed publish stops the batch, so no
 //! event is ever published before an earlier event of its aggregate is acknowledged.
+//!
+//! **Observed, not measured here.** A [`RelayObserver`] is told of every round JetStream
+//! acknowledged; what it makes of it (the service's metrics) is not this crate's concern.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
@@ -106,6 +110,13 @@ pub struct Published {
     pub failure: Option<anyhow::Error>,
 }
 
+/// Told what a [`Relay`] publishes, e.g. to count it and time it.
+pub trait RelayObserver: Send + Sync + 'static {
+    /// JetStream acknowledged `events` (in one round, just now); `duplicates` of them it
+    /// already had and did not store again. Called before they leave the outbox.
+    fn published(&self, events: &[&StoredEvent], duplicates: u64);
+}
+
 /// The connection a relay works on: it holds the advisory lock of one stream's relay, and
 /// PostgreSQL ends its session (and so releases the lock) soon after its host vanishes.
 #[derive(Debug)]
@@ -164,12 +175,23 @@ impl RelayLock {
 }
 
 /// Drains one context's outbox into its stream.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Relay {
     store: Store,
     js: jetstream::Context,
     stream: StreamName,
     config: RelayConfig,
+    observer: Option<Arc<dyn RelayObserver>>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("stream", &self.stream)
+            .field("config", &self.config)
+            .field("observed", &self.observer.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Relay {
@@ -179,11 +201,18 @@ impl Relay {
             js,
             stream,
             config: RelayConfig::default(),
+            observer: None,
         }
     }
 
     pub fn with_config(mut self, config: RelayConfig) -> Self {
         self.config = config;
+        self
+    }
+
+    /// Tells `observer` of every round JetStream acknowledged.
+    pub fn with_observer(mut self, observer: Arc<dyn RelayObserver>) -> Self {
+        self.observer = Some(observer);
         self
     }
 
@@ -248,6 +277,16 @@ impl Relay {
                 return Ok(());
             }
             let published = publish_events(&self.js, &self.stream, &batch).await;
+            if let Some(observer) = &self.observer
+                && !published.acked.is_empty()
+            {
+                let acked: HashSet<i64> = published.acked.iter().copied().collect();
+                let events: Vec<&StoredEvent> = batch
+                    .iter()
+                    .filter(|e| acked.contains(&e.position))
+                    .collect();
+                observer.published(&events, published.duplicates);
+            }
             Store::outbox_remove(conn, &published.acked).await?;
             if let Some(failure) = published.failure {
                 tracing::warn!(stream = %self.stream.name(), error = format!("{failure:#}"), "publish failed; retrying");

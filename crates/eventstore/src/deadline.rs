@@ -178,6 +178,19 @@ impl<H: DeadlineHandler> DeadlineHandler for std::sync::Arc<H> {
     }
 }
 
+/// What one tick of a [`Ticker`] did, as [`Ticker::run_observed`] reports it.
+#[derive(Debug, Default)]
+pub struct Tick {
+    /// Deadlines fired: their effects committed and the deadlines removed.
+    pub fired: usize,
+    /// Firings that failed (the handler refused, or PostgreSQL refused their effects): each
+    /// recorded on its deadline, to be tried again or left failed.
+    pub failed: usize,
+    /// Why the tick itself failed, if it did (the database is unreachable, a concurrent
+    /// writer): the deadlines it claimed are due again when their lease runs out.
+    pub error: Option<StoreError>,
+}
+
 /// Fires the due deadlines of one kind.
 #[derive(Debug)]
 pub struct Ticker<H> {
@@ -215,17 +228,17 @@ impl<H: DeadlineHandler> Ticker<H> {
         self.run_observed(shutdown, |_| {}).await;
     }
 
-    /// Like [`Self::run`], and tells `observe` the outcome of every tick (how many deadlines it
-    /// handled, or why it failed), so that a health check can report a ticker that keeps
-    /// failing.
+    /// Like [`Self::run`], and tells `observe` what every tick did (deadlines fired, firings
+    /// failed, or why the tick failed), so that a health check can report a ticker that keeps
+    /// failing and metrics can count firings.
     pub async fn run_observed(
         self,
         shutdown: CancellationToken,
-        mut observe: impl FnMut(&Result<usize, StoreError>) + Send,
+        mut observe: impl FnMut(&Tick) + Send,
     ) {
         loop {
-            let outcome = self.tick(Utc::now()).await;
-            if let Err(e) = &outcome {
+            let outcome = self.tick_counted(Utc::now()).await;
+            if let Some(e) = &outcome.error {
                 tracing::warn!(kind = %self.kind, error = %e, "deadline tick failed");
             }
             observe(&outcome);
@@ -245,24 +258,47 @@ impl<H: DeadlineHandler> Ticker<H> {
     /// concurrent writer) fails the tick: the deadlines it claimed are due again when their
     /// lease runs out.
     pub async fn tick(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
-        let due = self
+        let tick = self.tick_counted(now).await;
+        match tick.error {
+            Some(e) => Err(e),
+            None => Ok(tick.fired),
+        }
+    }
+
+    /// [`Self::tick`], counting the failed firings too.
+    async fn tick_counted(&self, now: DateTime<Utc>) -> Tick {
+        let failure = |error| Tick {
+            error: Some(error),
+            ..Tick::default()
+        };
+        let due = match self
             .store
             .claim_deadlines(&self.kind, now, self.lease, 100)
-            .await?;
+            .await
+        {
+            Ok(due) => due,
+            Err(e) => return failure(e),
+        };
         if due.is_empty() {
-            return Ok(0);
+            return Tick::default();
         }
-        let (handled, failed, error) = match self.fire(&due, now).await {
+        let (fired, failed, mut error) = match self.fire(&due, now).await {
             Ok(failed) => (due.len() - failed.len(), failed, None),
             Err(e) if e.is_data_error() => self.fire_each(&due, now, &e).await,
-            Err(e) => return Err(e),
+            Err(e) => return failure(e),
         };
+        let mut recorded = 0;
         for (deadline, reason) in failed {
-            self.record_failure(deadline, &reason, now).await?;
+            if let Err(e) = self.record_failure(deadline, &reason, now).await {
+                error = Some(e);
+                break;
+            }
+            recorded += 1;
         }
-        match error {
-            Some(e) => Err(e),
-            None => Ok(handled),
+        Tick {
+            fired,
+            failed: recorded,
+            error,
         }
     }
 

@@ -23,7 +23,7 @@ mod repository;
 mod store;
 mod unit_of_work;
 
-pub use deadline::{Deadline, DeadlineHandler, Ticker};
+pub use deadline::{Deadline, DeadlineHandler, Tick, Ticker};
 pub use repository::{CommandError, Committed, MAX_EVENT_BYTES, Repository};
 pub use store::{OUTBOX_CHANNEL, Store, StoreError, StoredEvent};
 pub use unit_of_work::{Mark, UnitOfWork};

@@ -147,6 +147,17 @@ macro_rules! select_events {
 pub struct Store {
     pool: PgPool,
     group: Arc<GroupCommit>,
+    on_append: Option<OnAppend>,
+}
+
+/// What [`Store::on_append`] calls.
+#[derive(Clone)]
+struct OnAppend(Arc<dyn Fn(&'static str) + Send + Sync>);
+
+impl std::fmt::Debug for OnAppend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnAppend")
+    }
 }
 
 impl Store {
@@ -164,6 +175,34 @@ impl Store {
         Self {
             pool,
             group: Arc::default(),
+            on_append: None,
+        }
+    }
+
+    /// Calls `hook` with the event type of every event a unit of work commits through this
+    /// store (or a clone of it made afterwards), once the commit succeeded.
+    ///
+    /// Whatever appends (a command, a reaction, a deadline) does so through a unit of work on
+    /// the process's store, so this is the one place that sees every event appended, and only
+    /// those: a unit that fails to commit is not counted, and the relay, which publishes
+    /// events again after a failure, cannot tell appended from republished. A service's
+    /// metrics count events here.
+    pub fn on_append(mut self, hook: impl Fn(&'static str) + Send + Sync + 'static) -> Self {
+        self.on_append = Some(OnAppend(Arc::new(hook)));
+        self
+    }
+
+    /// Whether [`Self::on_append`] set a hook.
+    pub(crate) fn counts_appends(&self) -> bool {
+        self.on_append.is_some()
+    }
+
+    /// Tells the hook, if any, of committed events.
+    pub(crate) fn appended(&self, event_types: &[&'static str]) {
+        if let Some(OnAppend(hook)) = &self.on_append {
+            for event_type in event_types {
+                hook(event_type);
+            }
         }
     }
 

@@ -183,8 +183,16 @@ impl UnitOfWork {
         if rows.is_empty() && inbox.is_empty() && deadlines.is_empty() {
             return Ok(0);
         }
+        let event_types: Vec<&'static str> = if store.counts_appends() {
+            rows.iter().map(|row| row.event_type).collect()
+        } else {
+            Vec::new()
+        };
         let result = store.commit(Pending::new(rows, inbox, deadlines)).await;
         let committed = result.is_ok();
+        if committed {
+            store.appended(&event_types);
+        }
         for state in staged.into_values() {
             state.settle(committed);
         }

@@ -5,19 +5,25 @@
 //! and the NATS service `<context>` with its health endpoint (`chorus.<context>.health`, see
 //! [`health`]). The context adds its reactions ([`Host::react`]), its deadline tickers
 //! ([`Host::tick`]), its command endpoints ([`Host::serve`], one endpoint per command in the
-//! same service, queue group `chorus`) and, when it is configured, the HTTP health listener
-//! ([`Host::listen_health`]). [`Host::run`] then runs until told to stop or until a task fails,
-//! and stops in order: no new work, the batch in hand finished and acked.
+//! same service, queue group `chorus`) and, when it is configured, the HTTP listener
+//! ([`Host::listen_http`]: health probes and Prometheus metrics). [`Host::run`] then runs until
+//! told to stop or until a task fails, and stops in order: no new work, the batch in hand
+//! finished and acked.
+//!
+//! Every host has its own metrics registry (see [`metrics`]), which it hands to what it
+//! runs: the store counts the events appended, the relay and the consumers report through the
+//! observers of `bus`, the command endpoints and the tickers count in the host itself.
 //!
 //! The host holds no domain logic; the context's crate does.
 
 pub mod health;
 pub mod http;
+pub mod metrics;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_nats::service::{Service, ServiceExt};
@@ -30,17 +36,19 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use health::{Check, CheckKind, CheckState, HealthReport, health_subject};
-pub use http::{health_addr_from_env, health_addr_var, parse_health_addr};
-
 use crate::health::Monitor;
+use crate::metrics::{Metrics, Scraper};
+pub use health::{Check, CheckKind, CheckState, HealthReport, health_subject};
+pub use http::{
+    former_http_addr_var, http_addr_from_env, http_addr_from_vars, http_addr_var, parse_http_addr,
+};
 
 /// Health requests answered at once, at most; more wait for a turn.
 const CONCURRENT_HEALTH_REQUESTS: usize = 8;
 
-/// A context's settings, read once from the environment. (The health listener's address,
-/// `<CONTEXT>_HEALTH_ADDR`, is read apart, by [`health_addr_from_env`], and given to
-/// [`Host::listen_health`]: only a service process listens for HTTP.)
+/// A context's settings, read once from the environment. (The HTTP listener's address,
+/// `<CONTEXT>_HTTP_ADDR`, is read apart, by [`http_addr_from_env`], and given to
+/// [`Host::listen_http`]: only a service process listens for HTTP.)
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub context: BoundedContext,
@@ -106,6 +114,8 @@ pub struct Host {
     /// The NATS service `<context>`: the health endpoint and the command endpoints.
     service: Service,
     monitor: Monitor,
+    metrics: Arc<Metrics>,
+    scraper: Scraper,
     shutdown: CancellationToken,
     tasks: JoinSet<(String, anyhow::Result<()>)>,
 }
@@ -115,6 +125,7 @@ impl Host {
     /// service `<context>` with its health endpoint.
     pub async fn start(settings: &Settings) -> anyhow::Result<Self> {
         let context = settings.context;
+        let metrics = Arc::new(Metrics::new(context).context("cannot register the metrics")?);
         let database_var = format!("{}_DATABASE_URL", context.name().to_uppercase());
         let instance = instance_name(context);
         let options: PgConnectOptions = settings
@@ -129,7 +140,9 @@ impl Host {
             .connect_with(options)
             .await
             .with_context(|| format!("cannot open the {context} event store ({database_var})"))?;
-        let store = Store::from_pool(pool);
+        let counting = Arc::clone(&metrics);
+        let store =
+            Store::from_pool(pool).on_append(move |event_type| counting.appended(event_type));
         store
             .migrate()
             .await
@@ -143,7 +156,8 @@ impl Host {
 
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
-        let relay = Relay::new(store.clone(), js.clone(), context.stream());
+        let relay =
+            Relay::new(store.clone(), js.clone(), context.stream()).with_observer(metrics.relay());
         let token = shutdown.clone();
         tasks.spawn(async move {
             relay.run(token).await;
@@ -191,6 +205,7 @@ impl Host {
                 .await;
             (format!("endpoint {subject}"), Ok(()))
         });
+        let scraper = Scraper::new(Arc::clone(&metrics), store.clone(), js.clone());
         Ok(Self {
             context,
             store,
@@ -198,6 +213,8 @@ impl Host {
             js,
             service,
             monitor,
+            metrics,
+            scraper,
             shutdown,
             tasks,
         })
@@ -221,21 +238,32 @@ impl Host {
         self.monitor.report().await
     }
 
-    /// Serves `GET /healthz` and `GET /readyz` on `addr` (see [`http`]) until the host stops.
-    /// Returns the address it listens on (with port 0, the port the system chose). An address
-    /// it cannot listen on fails here, naming `<CONTEXT>_HEALTH_ADDR`.
-    pub async fn listen_health(&mut self, addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+    /// The metrics now, as `GET /metrics` serves them: the sampled series (outbox backlog,
+    /// consumer lag) read first.
+    pub async fn scrape_metrics(&self) -> String {
+        self.scraper.scrape().await
+    }
+
+    /// Serves `GET /healthz`, `GET /readyz` and `GET /metrics` on `addr` (see [`http`]) until
+    /// the host stops. Returns the address it listens on (with port 0, the port the system
+    /// chose). An address it cannot listen on fails here, naming `<CONTEXT>_HTTP_ADDR`.
+    pub async fn listen_http(&mut self, addr: SocketAddr) -> anyhow::Result<SocketAddr> {
         let listener = http::bind(self.context, addr).await?;
         let local = listener.local_addr().with_context(|| {
             format!(
-                "cannot listen for health checks on {addr} ({})",
-                health_addr_var(self.context)
+                "cannot listen for HTTP on {addr} ({})",
+                http_addr_var(self.context)
             )
         })?;
-        tracing::info!(context = %self.context, addr = %local, "serving /healthz and /readyz");
-        let serving = http::serve(listener, self.monitor.clone(), self.shutdown.clone());
+        tracing::info!(context = %self.context, addr = %local, "serving /healthz, /readyz and /metrics");
+        let serving = http::serve(
+            listener,
+            self.monitor.clone(),
+            self.scraper.clone(),
+            self.shutdown.clone(),
+        );
         self.tasks
-            .spawn(async move { (format!("health listener {local}"), serving.await) });
+            .spawn(async move { (format!("HTTP listener {local}"), serving.await) });
         Ok(local)
     }
 
@@ -244,12 +272,14 @@ impl Host {
         for spec in specs {
             let name = spec.name.clone();
             let health = self.monitor.register(CheckKind::Consumer, &name);
+            self.scraper.add_consumer(&spec.stream.name(), &name);
             let consumer = Consumer::new(
                 self.store.clone(),
                 self.js.clone(),
                 spec,
                 Arc::clone(&handler),
-            );
+            )
+            .with_observer(self.metrics.consumer(&name));
             let token = self.shutdown.clone();
             self.tasks.spawn(async move {
                 let outcome = consumer.run(token).await;
@@ -269,15 +299,19 @@ impl Host {
         let token = self.shutdown.clone();
         let name = format!("ticker {kind}");
         let health = self.monitor.register(CheckKind::Ticker, kind);
+        let metrics = self.metrics.ticker(kind);
         self.tasks.spawn(async move {
             let observer = health.clone();
             ticker
-                .run_observed(token, move |outcome| match outcome {
-                    Ok(_) => observer.set(CheckState::Running, None),
-                    Err(e) => observer.set(
-                        CheckState::Failing,
-                        Some(format!("the last tick failed: {e}")),
-                    ),
+                .run_observed(token, move |tick| {
+                    metrics.ticked(tick);
+                    match &tick.error {
+                        None => observer.set(CheckState::Running, None),
+                        Some(e) => observer.set(
+                            CheckState::Failing,
+                            Some(format!("the last tick failed: {e}")),
+                        ),
+                    }
                 })
                 .await;
             health.set(CheckState::Stopped, Some("stopped".to_owned()));
@@ -304,6 +338,7 @@ impl Host {
                 .map_err(|e| anyhow::anyhow!("cannot add endpoint {subject}: {e}"))?;
             let commands = Arc::clone(&commands);
             let token = self.shutdown.clone();
+            let metrics = self.metrics.command(name);
             self.tasks.spawn(async move {
                 loop {
                     let request = tokio::select! {
@@ -313,8 +348,14 @@ impl Host {
                             None => break,
                         },
                     };
+                    let started = Instant::now();
                     let metadata = request_metadata(&request.message);
                     let reply = commands.run(name, &request.message.payload, metadata).await;
+                    let rejected = match &reply {
+                        CommandReply::Rejected { code, .. } => Some(code.as_str()),
+                        CommandReply::Accepted { .. } => None,
+                    };
+                    metrics.answered(started, rejected);
                     let body = serde_json::to_vec(&reply).unwrap_or_default();
                     if let Err(e) = request.respond(Ok(body.into())).await {
                         tracing::warn!(endpoint = %subject, error = %e, "cannot reply");

@@ -1,10 +1,12 @@
 //! Integration tests of the relay and the consumer runtime against a real PostgreSQL (a
-//! database per store per test) and a real nats-server (a private one per test).
+//! database per store per test) and a real nats-server (a private one per test), and of what
+//! they tell their observers.
 
 // A test fails by panicking; helpers unwrap like the tests do.
 #![allow(clippy::unwrap_used)]
 
 mod consumer;
+mod observers;
 mod relay;
 
 use std::collections::HashMap;

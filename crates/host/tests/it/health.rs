@@ -1,7 +1,8 @@
 use events::BoundedContext;
+use host::metrics::read_sum;
 use host::{CheckKind, CheckState, HealthReport};
 
-use crate::{Infra, REMINDER, Running, check, get, readyz_until};
+use crate::{Infra, REMINDER, Running, check, get, metrics_until, readyz_until};
 
 const ORDERING: BoundedContext = BoundedContext::Ordering;
 
@@ -95,6 +96,21 @@ async fn without_its_database_a_service_is_alive_but_not_ready() {
     let infra = Infra::new().await;
     let service = Running::start(&infra, ORDERING).await;
     service.wait_for("ready", |r| r.ready).await;
+    let lag = |text: &str| {
+        read_sum(
+            text,
+            "chorus_consumer_pending_messages",
+            &[("consumer", "ordering-from-ordering")],
+        )
+    };
+    let text = metrics_until(service.http, "the consumer's lag", |text| {
+        lag(text).is_some()
+    })
+    .await;
+    assert_eq!(
+        read_sum(&text, "chorus_outbox_backlog_events", &[]),
+        Some(0.0)
+    );
 
     infra.drop_database().await;
     let down = |r: &HealthReport| {
@@ -120,6 +136,16 @@ async fn without_its_database_a_service_is_alive_but_not_ready() {
     assert!(!over_http.ready);
     let (status, _) = get(service.http, "/healthz").await.unwrap();
     assert_eq!(status, 200, "alive all the same");
+    // The metrics are served all the same; the outbox backlog, which cannot be read, is left
+    // out rather than reported stale, and the consumer's lag (from NATS) is still there.
+    let (status, text) = get(service.http, "/metrics").await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        read_sum(&text, "chorus_outbox_backlog_events", &[]),
+        None,
+        "{text}"
+    );
+    assert_eq!(lag(&text), Some(0.0), "{text}");
     service.stop().await;
 }
 

@@ -1,11 +1,13 @@
 //! Integration tests of the host against a real PostgreSQL (a database per test) and a real
 //! nats-server (a private one per test): the health of a service as NATS and HTTP report it,
-//! with its dependencies working and failing, and its settings.
+//! with its dependencies working and failing, its metrics as they move with real work, and its
+//! settings.
 
 // A test fails by panicking; helpers unwrap like the tests do.
 #![allow(clippy::unwrap_used)]
 
 mod health;
+mod metrics;
 mod settings;
 
 use std::net::SocketAddr;
@@ -86,7 +88,7 @@ impl DeadlineHandler for Ignore {
 }
 
 /// A host of `context` running in the background, with a consumer, a ticker and the HTTP
-/// health listener on a free port.
+/// listener on a free port.
 #[derive(Debug)]
 pub struct Running {
     pub context: BoundedContext,
@@ -103,7 +105,7 @@ impl Running {
         host.react(vec![from_ordering], Arc::new(Accept));
         host.tick(REMINDER, Arc::new(Ignore));
         let http = host
-            .listen_health("127.0.0.1:0".parse().unwrap())
+            .listen_http("127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
         let shutdown = host.shutdown_token();
@@ -188,4 +190,22 @@ pub async fn readyz_until(
         panic!("{e:#}; last answer: {last:#?}");
     }
     last.unwrap()
+}
+
+/// Scrapes `GET /metrics` on `addr` until `want` holds for the text; returns the text.
+pub async fn metrics_until(addr: SocketAddr, what: &str, want: impl Fn(&str) -> bool) -> String {
+    let last = std::cell::RefCell::new(String::new());
+    let found = harness::wait_until(what, PATIENCE, || async {
+        let (status, text) = get(addr, "/metrics").await.unwrap();
+        assert_eq!(status, 200, "{text}");
+        let found = want(&text);
+        *last.borrow_mut() = text;
+        found
+    })
+    .await;
+    let last = last.into_inner();
+    if let Err(e) = found {
+        panic!("{e:#}; last scrape:\n{last}");
+    }
+    last
 }

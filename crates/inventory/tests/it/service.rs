@@ -1,5 +1,9 @@
 //! The inventory service as its process runs it: a private nats-server, a database of its own,
-//! commands sent as NATS requests and answered with a `CommandReply`.
+//! commands sent as NATS requests and answered with a `CommandReply`, and the metrics its HTTP
+//! listener serves.
+
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use events::BoundedContext;
 use events::command::{CommandReply, command_subject};
@@ -8,8 +12,10 @@ use events::values::{Currency, Money, Quantity, Sku};
 use eventstore::Store;
 use harness::{NatsServer, TestDatabase};
 use host::Settings;
+use host::metrics::read_sum;
 use inventory::service;
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -17,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 struct Service {
     client: async_nats::Client,
     store: Store,
+    /// The HTTP listener: health and metrics.
+    http: SocketAddr,
     shutdown: CancellationToken,
     run: JoinHandle<anyhow::Result<()>>,
     _nats: NatsServer,
@@ -33,7 +41,11 @@ impl Service {
             nats_url: nats.url(),
             database_connections: 4,
         };
-        let host = service::start(&settings).await.unwrap();
+        let mut host = service::start(&settings).await.unwrap();
+        let http = host
+            .listen_http("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
         let store = host.store().clone();
         let shutdown = host.shutdown_token();
         let run = tokio::spawn(host.run(std::future::pending()));
@@ -41,6 +53,7 @@ impl Service {
         Self {
             client,
             store,
+            http,
             shutdown,
             run,
             _nats: nats,
@@ -83,11 +96,38 @@ impl Service {
             .collect()
     }
 
+    /// Scrapes `GET /metrics` until `want` holds for the text; returns the text.
+    async fn metrics_until(&self, what: &str, want: impl Fn(&str) -> bool) -> String {
+        let last = std::cell::RefCell::new(String::new());
+        let found = harness::wait_until(what, Duration::from_secs(10), || async {
+            let text = scrape(self.http).await;
+            let found = want(&text);
+            *last.borrow_mut() = text;
+            found
+        })
+        .await;
+        let last = last.into_inner();
+        found.unwrap_or_else(|e| panic!("{e:#}; last scrape:\n{last}"));
+        last
+    }
+
     /// Stops the service as a signal would; it must stop cleanly.
     async fn stop(self) {
         self.shutdown.cancel();
         self.run.await.unwrap().unwrap();
     }
+}
+
+/// `GET /metrics` on `addr`: the body of a 200.
+async fn scrape(addr: SocketAddr) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
 }
 
 fn eur(amount_minor: i64) -> Money {
@@ -185,6 +225,49 @@ async fn define_reprice_and_receive_are_accepted_and_stored() {
         unreachable!()
     };
     assert_eq!(service.store.head().await.unwrap(), position);
+
+    // Four commands, four events appended and published; every consumer's series there, with
+    // nothing to do.
+    let text = service
+        .metrics_until("the events published and every consumer's lag", |text| {
+            read_sum(text, "chorus_relay_events_published_total", &[]) == Some(4.0)
+                && read_sum(text, "chorus_outbox_backlog_events", &[]) == Some(0.0)
+                && inventory::reactions::consumers().iter().all(|spec| {
+                    read_sum(
+                        text,
+                        "chorus_consumer_pending_messages",
+                        &[("consumer", &spec.name)],
+                    ) == Some(0.0)
+                })
+        })
+        .await;
+    let sum = |name, labels: &[(&str, &str)]| read_sum(&text, name, labels);
+    let inventory = ("context", "inventory");
+    for (command, answered) in [
+        ("define-product", 1.0),
+        ("reprice-product", 1.0),
+        ("receive-stock", 2.0),
+    ] {
+        let labels = [inventory, ("command", command)];
+        assert_eq!(
+            sum("chorus_commands_handled_total", &labels),
+            Some(answered)
+        );
+    }
+    assert_eq!(sum("chorus_commands_rejected_total", &[]), None);
+    for (event_type, appended) in [
+        ("ProductDefined", 1.0),
+        ("ProductRepriced", 1.0),
+        ("StockReceived", 2.0),
+    ] {
+        let labels = [inventory, ("event_type", event_type)];
+        assert_eq!(sum("chorus_events_appended_total", &labels), Some(appended));
+    }
+    assert_eq!(sum("chorus_relay_latency_seconds_count", &[]), Some(4.0));
+    for spec in inventory::reactions::consumers() {
+        let labels = [("consumer", spec.name.as_str())];
+        assert_eq!(sum("chorus_consumer_messages_total", &labels), Some(0.0));
+    }
 
     service.stop().await;
 }
@@ -309,6 +392,28 @@ async fn a_domain_refusal_carries_its_code_and_writes_nothing() {
     assert_eq!(service.product_events("MUG-1").await.len(), 1);
     assert!(service.product_events("BOWL-1").await.is_empty());
     assert!(service.product_events("PLATE-1").await.is_empty());
+
+    // Counted by their codes; the one event appended, and only it.
+    let text = service.metrics_until("a scrape", |_| true).await;
+    let sum = |name, labels: &[(&str, &str)]| read_sum(&text, name, labels);
+    for (command, code, rejected) in [
+        ("define-product", "already_defined", 1.0),
+        ("define-product", "invalid_price", 1.0),
+        ("define-product", "invalid_name", 1.0),
+        ("reprice-product", "not_defined", 1.0),
+        ("reprice-product", "invalid_price", 1.0),
+        ("reprice-product", "currency_change", 1.0),
+    ] {
+        let labels = [("command", command), ("code", code)];
+        assert_eq!(
+            sum("chorus_commands_rejected_total", &labels),
+            Some(rejected),
+            "{command} {code}"
+        );
+    }
+    assert_eq!(sum("chorus_commands_rejected_total", &[]), Some(6.0));
+    assert_eq!(sum("chorus_commands_handled_total", &[]), Some(7.0));
+    assert_eq!(sum("chorus_events_appended_total", &[]), Some(1.0));
 
     service.stop().await;
 }

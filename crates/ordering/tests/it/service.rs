@@ -1,6 +1,8 @@
 //! The ordering service as a process runs it: a private nats-server, a database of its own,
-//! commands over NATS request/reply, and the reactions on its durable consumers.
+//! commands over NATS request/reply, the reactions on its durable consumers, and the metrics
+//! its HTTP listener serves.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,9 +13,11 @@ use events::values::{Money, OrderId};
 use events::{BoundedContext, Event, Metadata};
 use eventstore::{Store, StoredEvent};
 use harness::{NatsServer, TestDatabase};
+use host::metrics::read_sum;
 use ordering::catalogue::CatalogueReplica;
 use ordering::{MAX_CANCEL_REASON_CHARS, service};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +28,8 @@ struct Service {
     client: async_nats::Client,
     store: Store,
     catalogue: CatalogueReplica,
+    /// The HTTP listener: health and metrics.
+    http: SocketAddr,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
     _db: TestDatabase,
@@ -40,7 +46,11 @@ impl Service {
             nats_url: nats.url(),
             database_connections: 4,
         };
-        let host = service::start(&settings, chrono::Duration::minutes(15))
+        let mut host = service::start(&settings, chrono::Duration::minutes(15))
+            .await
+            .unwrap();
+        let http = host
+            .listen_http("127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
         let shutdown = host.shutdown_token();
@@ -50,6 +60,7 @@ impl Service {
             client: nats.connect().await.unwrap(),
             store: Store::from_pool(pool.clone()),
             catalogue: CatalogueReplica::new(pool),
+            http,
             shutdown,
             task,
             _db: db,
@@ -129,11 +140,38 @@ impl Service {
         self.store.head().await.unwrap()
     }
 
+    /// Scrapes `GET /metrics` until `want` holds for the text; returns the text.
+    async fn metrics_until(&self, what: &str, want: impl Fn(&str) -> bool) -> String {
+        let last = std::cell::RefCell::new(String::new());
+        let found = harness::wait_until(what, Duration::from_secs(10), || async {
+            let text = scrape(self.http).await;
+            let found = want(&text);
+            *last.borrow_mut() = text;
+            found
+        })
+        .await;
+        let last = last.into_inner();
+        found.unwrap_or_else(|e| panic!("{e:#}; last scrape:\n{last}"));
+        last
+    }
+
     /// Stops the service as a signal would; the run must end cleanly.
     async fn stop(self) {
         self.shutdown.cancel();
         self.task.await.unwrap().unwrap();
     }
+}
+
+/// `GET /metrics` on `addr`: the body of a 200.
+async fn scrape(addr: SocketAddr) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
 }
 
 fn address() -> Value {
@@ -194,6 +232,36 @@ fn accepted(reply: &CommandReply) -> (String, i64, u64) {
 #[tokio::test]
 async fn orders_are_placed_priced_from_the_replica_and_cancelled_over_nats() {
     let s = Service::start().await;
+    let from_inventory = ("consumer", "ordering-from-inventory");
+    let before = s
+        .metrics_until("the consumers' lag", |text| {
+            read_sum(text, "chorus_consumer_pending_messages", &[from_inventory]).is_some()
+        })
+        .await;
+    for (name, labels) in [
+        (
+            "chorus_commands_handled_total",
+            &[("command", "place-order")][..],
+        ),
+        (
+            "chorus_commands_handled_total",
+            &[("command", "cancel-order")],
+        ),
+        ("chorus_consumer_messages_total", &[from_inventory]),
+        ("chorus_relay_events_published_total", &[]),
+        (
+            "chorus_deadlines_fired_total",
+            &[("kind", ordering::PAYMENT_TIMEOUT)],
+        ),
+    ] {
+        assert_eq!(
+            read_sum(&before, name, labels),
+            Some(0.0),
+            "{name} {labels:?}"
+        );
+    }
+    assert_eq!(read_sum(&before, "chorus_events_appended_total", &[]), None);
+
     s.define_product("MUG", "Mug", eur(250)).await;
     s.define_product("BOOK", "Book", eur(1000)).await;
 
@@ -248,6 +316,73 @@ async fn orders_are_placed_priced_from_the_replica_and_cancelled_over_nats() {
     let again = s.cancel(&json!({ "order_id": order })).await;
     assert_rejected(&again, "already_cancelled", None);
     assert_eq!(s.head().await, head);
+
+    // The metrics moved with it: three events appended and published, the two products
+    // handled from inventory's stream, five commands answered and two of them rejected.
+    let text = s
+        .metrics_until("the events published and the products handled", |text| {
+            read_sum(text, "chorus_relay_events_published_total", &[]) == Some(3.0)
+                && read_sum(
+                    text,
+                    "chorus_consumer_messages_total",
+                    &[from_inventory, ("outcome", "handled")],
+                ) == Some(2.0)
+                && read_sum(text, "chorus_outbox_backlog_events", &[]) == Some(0.0)
+                && read_sum(text, "chorus_consumer_pending_messages", &[from_inventory])
+                    == Some(0.0)
+        })
+        .await;
+    let sum = |name, labels: &[(&str, &str)]| read_sum(&text, name, labels);
+    let ordering = ("context", "ordering");
+    let (place, cancel) = (("command", "place-order"), ("command", "cancel-order"));
+    assert_eq!(
+        sum("chorus_commands_handled_total", &[ordering, place]),
+        Some(3.0)
+    );
+    assert_eq!(sum("chorus_commands_handled_total", &[cancel]), Some(2.0));
+    assert_eq!(sum("chorus_command_duration_seconds_count", &[]), Some(5.0));
+    assert_eq!(
+        sum(
+            "chorus_commands_rejected_total",
+            &[place, ("code", "already_placed")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sum(
+            "chorus_commands_rejected_total",
+            &[cancel, ("code", "already_cancelled")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sum(
+            "chorus_events_appended_total",
+            &[("event_type", "OrderPlaced")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        sum(
+            "chorus_events_appended_total",
+            &[("event_type", "OrderCancelled")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(sum("chorus_relay_latency_seconds_count", &[]), Some(3.0));
+    assert!(
+        sum(
+            "chorus_consumer_batch_duration_seconds_count",
+            &[from_inventory]
+        ) >= Some(1.0)
+    );
+    assert_eq!(
+        sum(
+            "chorus_consumer_messages_total",
+            &[from_inventory, ("outcome", "dead_lettered")]
+        ),
+        Some(0.0)
+    );
 
     s.stop().await;
 }

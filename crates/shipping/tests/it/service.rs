@@ -1,6 +1,7 @@
 //! The shipping service: its command endpoints over a private nats-server, its store in a
-//! database of its own, and a clean stop.
+//! database of its own, the metrics its HTTP listener serves, and a clean stop.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::pull;
@@ -13,8 +14,10 @@ use events::{BoundedContext, Event as _, headers};
 use eventstore::{Store, UnitOfWork};
 use harness::{NatsServer, TestDatabase};
 use host::Settings;
+use host::metrics::read_sum;
 use shipping::reactions::{Reactions, consumers};
 use shipping::service;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +27,8 @@ use super::{address, confirmed};
 struct Service {
     client: async_nats::Client,
     store: Store,
+    /// The HTTP listener: health and metrics.
+    http: SocketAddr,
     stop: CancellationToken,
     run: JoinHandle<anyhow::Result<()>>,
     _nats: NatsServer,
@@ -40,13 +45,18 @@ impl Service {
             nats_url: nats.url(),
             database_connections: 4,
         };
-        let host = service::start(&settings).await.unwrap();
+        let mut host = service::start(&settings).await.unwrap();
+        let http = host
+            .listen_http("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
         let store = host.store().clone();
         let stop = host.shutdown_token();
         let run = tokio::spawn(host.run(std::future::pending()));
         Self {
             client: nats.connect().await.unwrap(),
             store,
+            http,
             stop,
             run,
             _nats: nats,
@@ -91,6 +101,21 @@ impl Service {
             .collect()
     }
 
+    /// Scrapes `GET /metrics` until `want` holds for the text; returns the text.
+    async fn metrics_until(&self, what: &str, want: impl Fn(&str) -> bool) -> String {
+        let last = std::cell::RefCell::new(String::new());
+        let found = harness::wait_until(what, Duration::from_secs(10), || async {
+            let text = scrape(self.http).await;
+            let found = want(&text);
+            *last.borrow_mut() = text;
+            found
+        })
+        .await;
+        let last = last.into_inner();
+        found.unwrap_or_else(|e| panic!("{e:#}; last scrape:\n{last}"));
+        last
+    }
+
     /// Cancels the shutdown token: the service must stop cleanly.
     async fn stop(self) {
         self.stop.cancel();
@@ -99,6 +124,18 @@ impl Service {
             .expect("the service did not stop within 30 s");
         stopped.unwrap().unwrap();
     }
+}
+
+/// `GET /metrics` on `addr`: the body of a 200.
+async fn scrape(addr: SocketAddr) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
 }
 
 fn accepted(reply: &CommandReply) -> (String, i64, u64) {
@@ -279,6 +316,26 @@ async fn an_order_confirmed_on_ordering_stream_schedules_the_shipment_to_dispatc
     )
     .await
     .unwrap();
+    let consumer = ("consumer", "shipping-from-ordering");
+    let before = s
+        .metrics_until("the consumer's lag", |text| {
+            read_sum(text, "chorus_consumer_pending_messages", &[consumer]).is_some()
+        })
+        .await;
+    for (name, labels) in [
+        ("chorus_consumer_messages_total", &[consumer][..]),
+        (
+            "chorus_commands_handled_total",
+            &[("command", "dispatch-shipment")],
+        ),
+        ("chorus_relay_events_published_total", &[]),
+    ] {
+        assert_eq!(
+            read_sum(&before, name, labels),
+            Some(0.0),
+            "{name} {labels:?}"
+        );
+    }
 
     // Published as ordering's relay publishes it.
     let order = OrderId::new();
@@ -322,6 +379,48 @@ async fn an_order_confirmed_on_ordering_stream_schedules_the_shipment_to_dispatc
     .unwrap();
     let reply = s.dispatch(order, None).await;
     assert_eq!(accepted(&reply).2, 2, "{reply:?}");
+
+    // The message handled, the shipment scheduled and dispatched, both events published.
+    let text = s
+        .metrics_until("the events published", |text| {
+            read_sum(text, "chorus_relay_events_published_total", &[]) == Some(2.0)
+                && read_sum(
+                    text,
+                    "chorus_consumer_messages_total",
+                    &[consumer, ("outcome", "handled")],
+                ) == Some(1.0)
+                && read_sum(text, "chorus_consumer_pending_messages", &[consumer]) == Some(0.0)
+                && read_sum(text, "chorus_outbox_backlog_events", &[]) == Some(0.0)
+        })
+        .await;
+    let shipping = ("context", "shipping");
+    for event_type in ["ShipmentScheduled", "ShipmentDispatched"] {
+        assert_eq!(
+            read_sum(
+                &text,
+                "chorus_events_appended_total",
+                &[shipping, ("event_type", event_type)]
+            ),
+            Some(1.0),
+            "{event_type}"
+        );
+    }
+    assert_eq!(
+        read_sum(
+            &text,
+            "chorus_commands_handled_total",
+            &[("command", "dispatch-shipment")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(read_sum(&text, "chorus_commands_rejected_total", &[]), None);
+    assert!(
+        read_sum(
+            &text,
+            "chorus_consumer_batch_duration_seconds_count",
+            &[consumer]
+        ) >= Some(1.0)
+    );
     s.stop().await;
 }
 
