@@ -44,6 +44,8 @@ pub const DATABASE_URL_VAR: &str = "DATABASE_URL";
 const DEFAULT_NATS_PORT: u16 = 4300;
 const DEFAULT_GATEWAY_ADDR: ([u8; 4], u16) = ([127, 0, 0, 1], 8080);
 const DEFAULT_DATABASE_PREFIX: &str = "chorus";
+/// Where the notifications service's messages to customers go, under the data folder.
+const NOTIFICATIONS_FILE: &str = "notifications.jsonl";
 /// Connections per context's pool: four contexts and the projections stay well under
 /// PostgreSQL's default of 100 connections.
 const DATABASE_CONNECTIONS: u32 = 8;
@@ -230,6 +232,7 @@ struct Started {
     inventory_store: eventstore::Store,
     ordering_store: eventstore::Store,
     projections: projections::service::Service,
+    notifications: notifications::Service<notifications::FileSink>,
     gateway: gateway::Gateway,
     secret: String,
     client: async_nats::Client,
@@ -320,6 +323,18 @@ async fn start(
         .context("cannot start the projections")?;
     go_on(interrupted)?;
 
+    // The consumer another team would run, built from the event contract alone: its messages
+    // to customers go to a file under the data folder.
+    let sink = notifications::FileSink::open(config.data_dir.join(NOTIFICATIONS_FILE))?;
+    let notifications = notifications::Service::start(
+        notifications::connect(&nats_url).await?,
+        sink,
+        notifications::Options::default(),
+    )
+    .await
+    .context("cannot start the notifications")?;
+    go_on(interrupted)?;
+
     let secret = match &config.jwt_secret {
         Some(secret) => secret.clone(),
         None => banner::new_secret()?,
@@ -348,6 +363,7 @@ async fn start(
         inventory_store,
         ordering_store,
         projections,
+        notifications,
         gateway,
         secret,
         client,
@@ -381,6 +397,11 @@ impl Started {
         services.spawn(async move {
             let outcome = self.projections.run(stop.cancelled_owned()).await;
             ("the projections".to_owned(), outcome)
+        });
+        let stop = services_stop.clone();
+        services.spawn(async move {
+            let outcome = self.notifications.run(stop.cancelled_owned()).await;
+            ("the notifications".to_owned(), outcome)
         });
         let stop = gateway_stop.clone();
         let mut running = Running {

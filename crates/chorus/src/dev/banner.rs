@@ -82,8 +82,8 @@ impl Banner<'_> {
         };
         line("");
         line(
-            "Chorus is running: ordering, inventory, payments, shipping, the projections and \
-             the gateway.",
+            "Chorus is running: ordering, inventory, payments, shipping, the projections, the \
+             notifications and the gateway.",
         );
         line("");
         line(&format!("  Gateway     {url}"));
@@ -117,6 +117,10 @@ impl Banner<'_> {
             None => format!("  PostgreSQL  {}", self.postgres.shown()),
         });
         line(&format!("              databases {}", databases.join(", ")));
+        line(&format!(
+            "  Messages    {} (to customers, from the notifications service)",
+            self.data_dir.join(super::NOTIFICATIONS_FILE).display()
+        ));
         for (i, product) in self.catalogue.iter().enumerate() {
             let label = if i == 0 {
                 "  Catalogue   "

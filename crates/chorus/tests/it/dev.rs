@@ -67,6 +67,18 @@ async fn one_command_runs_the_system_an_order_completes_and_sigterm_leaves_nothi
     })
     .await
     .unwrap();
+    // The notifications service told the customer, in its file under the data folder.
+    let messages = world.data_dir().join("notifications.jsonl");
+    wait_until("the confirmation message", SAGA_PATIENCE, || async {
+        std::fs::read_to_string(&messages).is_ok_and(|text| {
+            text.lines()
+                .filter(|line| line.contains(&order_id) && line.contains("confirmed"))
+                .count()
+                == 1
+        })
+    })
+    .await
+    .unwrap();
     let status = run.stop().await;
     assert_eq!(status.code(), Some(0), "{}", world.stderr("run"));
     world.assert_nothing_left(&[nats_pid]);
