@@ -83,6 +83,18 @@ pub enum CheckState {
     Stopped,
 }
 
+impl HealthReport {
+    /// The names of the checks of `kind`, in report order: e.g. the durable consumers a
+    /// service runs.
+    pub fn names(&self, kind: CheckKind) -> Vec<String> {
+        self.checks
+            .iter()
+            .filter(|c| c.kind == kind)
+            .map(|c| c.name.clone())
+            .collect()
+    }
+}
+
 impl CheckState {
     pub fn is_ready(self) -> bool {
         matches!(

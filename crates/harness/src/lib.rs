@@ -11,6 +11,7 @@
 //! it holds no Chorus domain code.
 
 pub mod account;
+mod health;
 mod nats;
 mod postgres;
 mod received;
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 use anyhow::{Result, anyhow};
 
+pub use health::ready_report;
 pub use nats::{
     MIN_NATS_SERVER, NatsServer, find_nats_server, nats_server_version, select_nats_server,
 };

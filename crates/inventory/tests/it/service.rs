@@ -418,48 +418,15 @@ async fn a_domain_refusal_carries_its_code_and_writes_nothing() {
     service.stop().await;
 }
 
-/// Asks `chorus.inventory.health` until the service reports itself ready; returns the report.
-async fn ready_report(client: &async_nats::Client) -> host::HealthReport {
-    let subject = host::health_subject(BoundedContext::Inventory);
-    let last = std::cell::RefCell::new(None);
-    let ready = harness::wait_until(
-        "inventory ready",
-        std::time::Duration::from_secs(30),
-        || async {
-            let Ok(reply) = client.request(subject.clone(), "".into()).await else {
-                return false;
-            };
-            let report: host::HealthReport = serde_json::from_slice(&reply.payload).unwrap();
-            let ready = report.ready;
-            *last.borrow_mut() = Some(report);
-            ready
-        },
-    )
-    .await;
-    let last = last.into_inner();
-    ready.unwrap_or_else(|e| panic!("{e:#}; last report: {last:#?}"));
-    last.unwrap()
-}
-
-/// The consumers and tickers a health report lists, by name.
-fn tasks(report: &host::HealthReport, kind: host::CheckKind) -> Vec<String> {
-    report
-        .checks
-        .iter()
-        .filter(|c| c.kind == kind)
-        .map(|c| c.name.clone())
-        .collect()
-}
-
 #[tokio::test]
 async fn the_service_reports_itself_ready_with_its_consumers() {
     let service = Service::start().await;
-    let report = ready_report(&service.client).await;
+    let report = harness::ready_report(&service.client, BoundedContext::Inventory).await;
     let consumers: Vec<String> = inventory::reactions::consumers()
         .into_iter()
         .map(|spec| spec.name)
         .collect();
-    assert_eq!(tasks(&report, host::CheckKind::Consumer), consumers);
-    assert!(tasks(&report, host::CheckKind::Ticker).is_empty());
+    assert_eq!(report.names(host::CheckKind::Consumer), consumers);
+    assert!(report.names(host::CheckKind::Ticker).is_empty());
     service.stop().await;
 }

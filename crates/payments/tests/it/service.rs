@@ -55,9 +55,9 @@ async fn the_service_runs_its_durable_consumers_and_stops_cleanly() {
 
     // No command endpoint, but a NATS service with the health endpoint all the same.
     let client = nats.connect().await.unwrap();
-    let report = ready_report(&client).await;
+    let report = harness::ready_report(&client, BoundedContext::Payments).await;
     assert_eq!(report.context, "payments");
-    assert_eq!(tasks(&report, host::CheckKind::Consumer), names);
+    assert_eq!(report.names(host::CheckKind::Consumer), names);
 
     // Before any work: the consumers' series at zero, and no command series at all.
     let from_ordering = ("consumer", "payments-from-ordering");
@@ -156,39 +156,6 @@ async fn the_service_runs_its_durable_consumers_and_stops_cleanly() {
             .unwrap();
         assert_eq!(consumer.cached_info().config.durable_name, Some(spec.name));
     }
-}
-
-/// Asks `chorus.payments.health` until the service reports itself ready; returns the report.
-async fn ready_report(client: &async_nats::Client) -> host::HealthReport {
-    let subject = host::health_subject(BoundedContext::Payments);
-    let last = std::cell::RefCell::new(None);
-    let ready = harness::wait_until(
-        "payments ready",
-        std::time::Duration::from_secs(30),
-        || async {
-            let Ok(reply) = client.request(subject.clone(), "".into()).await else {
-                return false;
-            };
-            let report: host::HealthReport = serde_json::from_slice(&reply.payload).unwrap();
-            let ready = report.ready;
-            *last.borrow_mut() = Some(report);
-            ready
-        },
-    )
-    .await;
-    let last = last.into_inner();
-    ready.unwrap_or_else(|e| panic!("{e:#}; last report: {last:#?}"));
-    last.unwrap()
-}
-
-/// The consumers and tickers a health report lists, by name.
-fn tasks(report: &host::HealthReport, kind: host::CheckKind) -> Vec<String> {
-    report
-        .checks
-        .iter()
-        .filter(|c| c.kind == kind)
-        .map(|c| c.name.clone())
-        .collect()
 }
 
 /// Scrapes `GET /metrics` on `addr` until `want` holds for the text; returns the text.
