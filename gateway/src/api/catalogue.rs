@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::types::{
     CatalogueItem, CataloguePage, CommandAccepted, PageQuery, PutProduct, ReadQuery, StockReceipt,
 };
-use super::{AppState, PathParam, Route, accepted, ask, wait_for};
+use super::{AppState, Once, PathParam, Route, accepted, ask, run_once, wait_for};
 use crate::auth::Principal;
 use crate::body::{parse_query, read_json};
 use crate::idempotency::{Idempotency, Scope};
@@ -348,33 +348,17 @@ async fn receive_stock(
     let sku = parse_sku(&sku)?;
     let key = Idempotency::required_key(&headers)?;
     let request = read_json::<StockReceipt>(&headers, body, app.max_body_bytes, None).await?;
-    let bucket = principal.bucket();
     let path = format!("/inventory/{sku}/receipts");
-    let scope = Scope {
-        principal: &bucket,
-        method: "POST",
-        path: &path,
-        key: &key,
+    let once = Once {
+        context: BoundedContext::Inventory,
+        command: "receive-stock".to_owned(),
+        body: ReceiveStock {
+            sku,
+            quantity: request.value.quantity,
+        },
+        aggregate_type: STOCK,
     };
-    let work_app = app.clone();
-    let response = app
-        .idempotency
-        .run(scope, &request.raw, move || async move {
-            let command = ReceiveStock {
-                sku,
-                quantity: request.value.quantity,
-            };
-            match work_app
-                .upstream
-                .command(BoundedContext::Inventory, "receive-stock", &command)
-                .await
-            {
-                Ok(done) => accepted(StatusCode::OK, STOCK, done, None),
-                Err(problem) => problem.into_response(),
-            }
-        })
-        .await;
-    Ok(response)
+    Ok(run_once(&app, &principal, &path, &key, &request.raw, once).await)
 }
 
 fn parse_sku(text: &str) -> Result<Sku, Problem> {

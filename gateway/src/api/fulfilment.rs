@@ -2,7 +2,7 @@
 
 use axum::body::Body;
 use axum::extract::{Extension, RawQuery, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
 use events::query::{SalesReport, SalesRequest};
 use events::shipping::ShipmentEvent;
@@ -12,10 +12,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::types::{CommandAccepted, Deliver, Dispatch, SalesQuery};
-use super::{AppState, PathParam, Route, accepted, ask, wait_for};
+use super::{AppState, Once, PathParam, Route, ask, run_once, wait_for};
 use crate::auth::Principal;
 use crate::body::{parse_query, read_json};
-use crate::idempotency::{Idempotency, Scope};
+use crate::idempotency::Idempotency;
 use crate::openapi::{Access, Idempotent, Operation, Param, Reply, SchemaFn, schema};
 use crate::problem::Problem;
 
@@ -174,31 +174,14 @@ where
         })?;
     let key = Idempotency::required_key(&headers)?;
     let request = read_json::<B>(&headers, body, app.max_body_bytes, Some(B::default())).await?;
-    let bucket = principal.bucket();
     let path = format!("/shipments/{order_id}/{action}");
-    let scope = Scope {
-        principal: &bucket,
-        method: "POST",
-        path: &path,
-        key: &key,
+    let once = Once {
+        context: BoundedContext::Shipping,
+        command: format!("{action}-shipment"),
+        body: command(order_id, request.value),
+        aggregate_type: SHIPMENT,
     };
-    let work_app = app.clone();
-    let response = app
-        .idempotency
-        .run(scope, &request.raw, move || async move {
-            let name = format!("{action}-shipment");
-            let body = command(order_id, request.value);
-            match work_app
-                .upstream
-                .command(BoundedContext::Shipping, &name, &body)
-                .await
-            {
-                Ok(done) => accepted(StatusCode::OK, SHIPMENT, done, None),
-                Err(problem) => problem.into_response(),
-            }
-        })
-        .await;
-    Ok(response)
+    Ok(run_once(app, principal, &path, &key, &request.raw, once).await)
 }
 
 async fn sales(

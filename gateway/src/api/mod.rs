@@ -38,13 +38,14 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header}
 use axum::middleware::{Next, from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
+use events::BoundedContext;
 use events::query::{DEFAULT_WAIT_MS, MAX_WAIT_MS, QueryReply, WaitFor};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::auth::{Principal, Role, Verifier};
 use crate::consistency::{CONSISTENCY_HEADER, ConsistencyToken};
-use crate::idempotency::Idempotency;
+use crate::idempotency::{Idempotency, Scope};
 use crate::metrics::Metrics;
 use crate::openapi::{Access, Operation};
 use crate::problem::Problem;
@@ -265,6 +266,51 @@ impl<S: Send + Sync> FromRequestParts<S> for PathParam {
 
 /// The response to an accepted command: `status`, the [`CommandAccepted`] body, its
 /// consistency token in the `Chorus-Consistency-Token` header, and `location` if given.
+/// The command of a POST, sent once per `Idempotency-Key` ([`run_once`]).
+struct Once<C> {
+    context: BoundedContext,
+    command: String,
+    body: C,
+    /// The aggregate the command writes, named in the answer's consistency token.
+    aggregate_type: &'static str,
+}
+
+/// Runs `once` under the request's `Idempotency-Key` at `path`: the first request sends the
+/// command and answers 200 with what it wrote; a repeat with the same body replays that answer
+/// (see [`crate::idempotency`]).
+async fn run_once<C>(
+    app: &AppState,
+    principal: &Principal,
+    path: &str,
+    key: &str,
+    raw: &[u8],
+    once: Once<C>,
+) -> Response
+where
+    C: Serialize + Send + Sync + 'static,
+{
+    let bucket = principal.bucket();
+    let scope = Scope {
+        principal: &bucket,
+        method: "POST",
+        path,
+        key,
+    };
+    let work_app = app.clone();
+    app.idempotency
+        .run(scope, raw, move || async move {
+            match work_app
+                .upstream
+                .command(once.context, &once.command, &once.body)
+                .await
+            {
+                Ok(done) => accepted(StatusCode::OK, once.aggregate_type, done, None),
+                Err(problem) => problem.into_response(),
+            }
+        })
+        .await
+}
+
 fn accepted(
     status: StatusCode,
     aggregate_type: &str,

@@ -18,7 +18,7 @@ use serde::Serialize;
 use super::types::{
     CancelOrder, CommandAccepted, OrderLine, OrdersQuery, PlaceOrder, ReadQuery, ShippingAddress,
 };
-use super::{AppState, PathParam, Route, accepted, ask, check_owner, wait_for};
+use super::{AppState, Once, PathParam, Route, accepted, ask, check_owner, run_once, wait_for};
 use crate::auth::Principal;
 use crate::body::{parse_query, read_json};
 use crate::idempotency::{Idempotency, Scope};
@@ -282,33 +282,17 @@ async fn cancel(
     if principal.customer_id().is_some() {
         owned_order(&app, &principal, order_id).await?;
     }
-    let bucket = principal.bucket();
     let path = format!("/orders/{order_id}/cancel");
-    let scope = Scope {
-        principal: &bucket,
-        method: "POST",
-        path: &path,
-        key: &key,
+    let once = Once {
+        context: BoundedContext::Ordering,
+        command: "cancel-order".to_owned(),
+        body: CancelOrderCommand {
+            order_id,
+            reason: request.value.reason,
+        },
+        aggregate_type: ORDER,
     };
-    let work_app = app.clone();
-    let response = app
-        .idempotency
-        .run(scope, &request.raw, move || async move {
-            let command = CancelOrderCommand {
-                order_id,
-                reason: request.value.reason,
-            };
-            match work_app
-                .upstream
-                .command(BoundedContext::Ordering, "cancel-order", &command)
-                .await
-            {
-                Ok(done) => accepted(StatusCode::OK, ORDER, done, None),
-                Err(problem) => problem.into_response(),
-            }
-        })
-        .await;
-    Ok(response)
+    Ok(run_once(&app, &principal, &path, &key, &request.raw, once).await)
 }
 
 /// Checks that the order is the shopper's. An order placed a moment ago may not be in the
