@@ -5,14 +5,26 @@
 //! idempotency bucket, builds the router and binds the address. [`Gateway::run`] serves until
 //! told to stop, then stops taking connections, lets the requests in hand finish (up to 30 s)
 //! and flushes NATS.
+//!
+//! Each request is served in a span (`http.request`, service `gateway`), a child of the
+//! client's `traceparent` when it sent one. The request then carries the span's own trace
+//! context in its `traceparent` header, so that what answers it (the request context, and
+//! through it the NATS requests to the contexts, even from a task of their own) continues the
+//! trace from the gateway's span rather than from the client's.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::extract::Request;
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+use events::headers;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::api::{self, AppState, Shared};
 use crate::idempotency::Idempotency;
@@ -57,7 +69,8 @@ impl Gateway {
             document: document.into(),
             docs_page: openapi::docs_page(&operations),
         });
-        let router = api::router(routes, state.clone(), &settings.cors_origins);
+        let router = api::router(routes, state.clone(), &settings.cors_origins)
+            .layer(axum::middleware::from_fn(trace));
         let listener = TcpListener::bind(settings.addr)
             .await
             .with_context(|| format!("cannot listen on {} ({ADDR_VAR})", settings.addr))?;
@@ -145,4 +158,49 @@ pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
     bus::connect(url, "gateway")
         .await
         .with_context(|| format!("{NATS_URL_VAR} ({})", bus::redact(url)))
+}
+
+/// Middleware, outside every other: serves the request in its span (see the module's docs).
+async fn trace(mut request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let span = tracing::info_span!(
+        "http.request",
+        otel.name = %method,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        service = "gateway",
+        http.request.method = %method,
+        url.path = %request.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+    );
+    let (traceparent, tracestate) = {
+        let header = |name: &str| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        (header(headers::TRACEPARENT), header(headers::TRACESTATE))
+    };
+    if let Some(context) = bus::follow_trace(&span, traceparent.as_deref(), tracestate.as_deref()) {
+        let map = request.headers_mut();
+        if let Ok(value) = HeaderValue::from_str(&context.traceparent) {
+            map.insert(headers::TRACEPARENT, value);
+        }
+        match context
+            .tracestate
+            .and_then(|state| HeaderValue::from_str(&state).ok())
+        {
+            Some(value) => map.insert(headers::TRACESTATE, value),
+            None => map.remove(headers::TRACESTATE),
+        };
+    }
+    let response = next.run(request).instrument(span.clone()).await;
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    response
 }

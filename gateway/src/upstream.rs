@@ -5,6 +5,10 @@
 //! `traceparent`, and is bounded by `GATEWAY_REQUEST_TIMEOUT_MS`. The failures map to HTTP
 //! once, here: no responders (no instance of the service is subscribed: NATS says so at once)
 //! is a 503 with `Retry-After`, no answer in time a 504, an answer that does not parse a 500.
+//!
+//! Each request is sent from a span of its own (`nats.request`), a child of the HTTP request's
+//! span as the request context names it (a request may be answered from a task of its own,
+//! outside that span), and carries the span's trace context.
 
 use std::time::Duration;
 
@@ -15,6 +19,7 @@ use events::query::{QueryReply, query_subject};
 use events::{BoundedContext, headers};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tracing::Instrument as _;
 
 use crate::problem::Problem;
 use crate::protect::RequestContext;
@@ -127,18 +132,42 @@ impl Upstream {
         timeout: Duration,
         service: &str,
     ) -> Result<bytes::Bytes, Problem> {
+        let span = tracing::info_span!(
+            "nats.request",
+            otel.name = %subject,
+            otel.kind = "client",
+            service = "gateway",
+            messaging.destination.name = %subject,
+        );
         let mut map = HeaderMap::new();
-        if let Some(context) = RequestContext::current() {
+        let context = RequestContext::current();
+        let received = context.as_ref().and_then(|c| c.traceparent.as_deref());
+        if let Some(context) = &context {
             map.insert(headers::CORRELATION_ID, context.correlation_id.as_str());
-            if let Some(traceparent) = &context.traceparent {
-                map.insert(headers::TRACEPARENT, traceparent.as_str());
+        }
+        match bus::follow_trace(&span, received, None) {
+            Some(trace) => {
+                map.insert(headers::TRACEPARENT, trace.traceparent.as_str());
+                if let Some(tracestate) = &trace.tracestate {
+                    map.insert(headers::TRACESTATE, tracestate.as_str());
+                }
+            }
+            None => {
+                if let Some(traceparent) = received {
+                    map.insert(headers::TRACEPARENT, traceparent);
+                }
             }
         }
         let request = async_nats::Request::new()
             .payload(payload.into())
             .headers(map)
             .timeout(Some(timeout));
-        match self.client.send_request(subject.to_owned(), request).await {
+        let sent = self
+            .client
+            .send_request(subject.to_owned(), request)
+            .instrument(span)
+            .await;
+        match sent {
             Ok(message) => Ok(message.payload),
             Err(e) => Err(match e.kind() {
                 RequestErrorKind::NoResponders => Problem::unavailable(format!(

@@ -21,6 +21,11 @@
 //! the whole batch for later: the messages are not at fault, so they are not dead-lettered.
 //! The loop itself never stops on a message.
 //!
+//! **Traces.** Each message is handled in a span of its own (`consume`, with the reactor as its
+//! `service`), a child of the span that recorded the event (the message's `traceparent`); the
+//! handler sees the message with the span's trace context, so the events it appends continue
+//! the trace (see [`crate::follow_trace`]).
+//!
 //! A [`ConsumerObserver`] is told what became of each message ([`MessageOutcome`]) and how
 //! long each batch took, once it is settled: the service's metrics count from there.
 
@@ -37,6 +42,7 @@ use eventstore::{Store, UnitOfWork};
 use futures::StreamExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::message::Received;
 use crate::provision;
@@ -125,6 +131,8 @@ impl Backoff {
 /// A durable consumer: which stream, which subjects, how hard to try.
 #[derive(Debug, Clone)]
 pub struct ConsumerSpec {
+    /// Who reacts (a context or team name): the `service` of the consumer's spans.
+    pub reactor: String,
     /// Durable name, also the inbox's consumer name, e.g. `inventory-from-ordering`.
     pub name: String,
     pub stream: StreamName,
@@ -146,6 +154,7 @@ impl ConsumerSpec {
     /// 5 attempts, backoff from 1 s to 1 min, 30 s ack wait, batches of up to 256.
     pub fn new(reactor: &str, stream: StreamName) -> Self {
         Self {
+            reactor: reactor.to_owned(),
             name: durable_name(reactor, &stream),
             stream,
             filter_subjects: Vec::new(),
@@ -462,14 +471,39 @@ impl<H: Handler> Consumer<H> {
                 continue;
             }
             let mark = uow.mark();
-            let decision = match self.handler.handle(&mut uow, message).await {
+            let span = tracing::info_span!(
+                "consume",
+                otel.name = %format_args!("consume {}", message.event_type),
+                otel.kind = "consumer",
+                otel.status_code = tracing::field::Empty,
+                service = %self.spec.reactor,
+                consumer = %self.spec.name,
+                event_type = %message.event_type,
+                event_id = %message.event_id,
+                aggregate_id = %message.aggregate_id,
+                delivered = message.delivered,
+            );
+            // The handler sees the message as a child of this span sees it; a copy is made
+            // only when there is a trace to continue.
+            let followed =
+                crate::message::traced(&span, &message.metadata).map(|metadata| Received {
+                    metadata,
+                    ..message.clone()
+                });
+            let handled = self
+                .handler
+                .handle(&mut uow, followed.as_ref().unwrap_or(message))
+                .instrument(span.clone())
+                .await;
+            let decision = match handled {
                 Ok(()) => {
                     uow.record_handled(&self.spec.name, message.event_id);
                     Decision::Ack
                 }
                 Err(error) => {
+                    span.record("otel.status_code", "ERROR");
                     uow.rollback_to(mark);
-                    self.on_failure(message, error)
+                    span.in_scope(|| self.on_failure(message, error))
                 }
             };
             match decision {

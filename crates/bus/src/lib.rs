@@ -7,6 +7,8 @@
 //! - [`Consumer`]: a durable pull consumer that hands messages to a [`Handler`] in batches, one
 //!   unit of work (and one commit) per batch, with inbox de-duplication, retries with backoff and
 //!   a dead-letter stream.
+//! - [`follow_trace`], [`traced`]: the W3C trace context from one hop of a saga to the next,
+//!   each hop's span a child of the previous one (the consumer opens one per message).
 //! - [`RelayObserver`], [`ConsumerObserver`]: what the relay and the consumers tell whoever
 //!   watches them (a service's metrics), without this crate depending on how it is measured.
 //!
@@ -24,7 +26,7 @@ pub use connect::{
 pub use consumer::{
     Backoff, Consumer, ConsumerObserver, ConsumerSpec, Handler, HandlerError, MessageOutcome,
 };
-pub use message::{Received, event_headers};
+pub use message::{Received, TraceContext, event_headers, follow_trace, traced};
 pub use relay::{
     Published, Relay, RelayConfig, RelayLock, RelayObserver, publish_events, relay_lock_key,
 };

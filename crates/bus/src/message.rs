@@ -1,10 +1,24 @@
-//! Chorus event messages on JetStream: the headers the relay writes and consumers read.
+//! Chorus event messages on JetStream: the headers the relay writes and consumers read, and
+//! the W3C trace context they carry from one hop of a saga to the next.
+//!
+//! The trace context an event stores is that of the span that recorded it. Each hop (the
+//! gateway's request, a command, a consumed message) opens a span whose parent is the context
+//! it received ([`follow_trace`]) and hands on the span's own context, so that every hop is a
+//! child of the previous one and one order's saga is one trace. Without an OpenTelemetry layer
+//! in the process's subscriber, spans have no trace context: the received one is handed on
+//! unchanged, as it was before spans existed, and nothing is parsed or allocated for it.
+
+use std::collections::HashMap;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use events::{Event, Metadata, headers};
 use eventstore::StoredEvent;
+use opentelemetry::propagation::TextMapPropagator as _;
+use opentelemetry::trace::TraceContextExt as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use uuid::Uuid;
 
 use crate::consumer::HandlerError;
@@ -123,5 +137,139 @@ impl Received {
     /// Metadata for what this message causes: same correlation and trace, caused by this event.
     pub fn caused_metadata(&self) -> Metadata {
         Metadata::caused_by(&self.metadata, self.event_id.to_string())
+    }
+}
+
+/// A W3C trace context, as headers carry it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    pub traceparent: String,
+    pub tracestate: Option<String>,
+}
+
+/// Makes the received trace context (`traceparent`, `tracestate`) the parent of `span`, then
+/// returns the span's own context, to be handed on. `None` when the span has no trace context:
+/// the process exports no traces (or the span is filtered out), and the caller hands on what
+/// it received. Call it before `span` is first entered: a started span keeps its parent.
+///
+/// A missing or malformed `traceparent` leaves `span` the root of a new trace.
+pub fn follow_trace(
+    span: &tracing::Span,
+    traceparent: Option<&str>,
+    tracestate: Option<&str>,
+) -> Option<TraceContext> {
+    if span.is_disabled() {
+        return None;
+    }
+    let propagator = TraceContextPropagator::new();
+    if let Some(traceparent) = traceparent {
+        let mut carrier = HashMap::with_capacity(2);
+        carrier.insert(headers::TRACEPARENT.to_owned(), traceparent.to_owned());
+        if let Some(tracestate) = tracestate {
+            carrier.insert(headers::TRACESTATE.to_owned(), tracestate.to_owned());
+        }
+        let parent = propagator.extract(&carrier);
+        if parent.span().span_context().is_valid() && span.set_parent(parent).is_err() {
+            // No OpenTelemetry layer: nothing to hand on but what was received.
+            return None;
+        }
+    }
+    let context = span.context();
+    if !context.span().span_context().is_valid() {
+        return None;
+    }
+    let mut carrier: HashMap<String, String> = HashMap::with_capacity(2);
+    propagator.inject_context(&context, &mut carrier);
+    Some(TraceContext {
+        traceparent: carrier.remove(headers::TRACEPARENT)?,
+        tracestate: carrier
+            .remove(headers::TRACESTATE)
+            .filter(|state| !state.is_empty()),
+    })
+}
+
+/// `metadata` as seen from inside `span`: [`follow_trace`] on its trace context, and the same
+/// metadata carrying the span's context instead. `None` when the span has no trace context
+/// (the metadata is then handed on as it is).
+pub fn traced(span: &tracing::Span, metadata: &Metadata) -> Option<Metadata> {
+    let context = follow_trace(
+        span,
+        metadata.traceparent.as_deref(),
+        metadata.tracestate.as_deref(),
+    )?;
+    Some(Metadata {
+        traceparent: Some(context.traceparent),
+        tracestate: context.tracestate,
+        ..metadata.clone()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    use super::*;
+
+    const RECEIVED: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+    /// Runs `f` with an OpenTelemetry layer (no exporter) as this thread's subscriber.
+    fn traced_by_otel<T>(f: impl FnOnce() -> T) -> T {
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, f)
+    }
+
+    #[test]
+    fn a_span_continues_the_received_trace_and_hands_on_its_own_context() {
+        let (handed_on, same) = traced_by_otel(|| {
+            let span = tracing::info_span!("hop");
+            let metadata = Metadata {
+                correlation_id: Some("c".to_owned()),
+                traceparent: Some(RECEIVED.to_owned()),
+                ..Metadata::default()
+            };
+            let handed_on = traced(&span, &metadata).unwrap();
+            let context = span.context();
+            let own = context.span().span_context().span_id().to_string();
+            (handed_on, own)
+        });
+        let traceparent = handed_on.traceparent.unwrap();
+        let parts: Vec<_> = traceparent.split('-').collect();
+        assert_eq!(parts[1], "0af7651916cd43dd8448eb211c80319c");
+        assert_ne!(parts[2], "b7ad6b7169203331");
+        assert_eq!(parts[2], same);
+        assert_eq!(handed_on.correlation_id.as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn a_malformed_traceparent_starts_a_new_trace() {
+        let handed_on = traced_by_otel(|| {
+            let span = tracing::info_span!("hop");
+            follow_trace(&span, Some("00-not-a-trace-01"), None).unwrap()
+        });
+        assert!(!handed_on.traceparent.contains("not"));
+        assert_eq!(handed_on.traceparent.split('-').count(), 4);
+    }
+
+    #[test]
+    fn without_opentelemetry_the_received_context_is_kept() {
+        let subscriber = tracing_subscriber::registry();
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("hop");
+            assert_eq!(follow_trace(&span, Some(RECEIVED), None), None);
+            let metadata = Metadata {
+                traceparent: Some(RECEIVED.to_owned()),
+                ..Metadata::default()
+            };
+            assert_eq!(traced(&span, &metadata), None);
+        });
+        // No subscriber at all: the span is disabled.
+        assert_eq!(
+            follow_trace(&tracing::Span::none(), Some(RECEIVED), None),
+            None
+        );
     }
 }

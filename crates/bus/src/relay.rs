@@ -30,6 +30,12 @@
 //! next wave starts when every ack of this one is in. A failed publish stops the batch, so no
 //! event is ever published before an earlier event of its aggregate is acknowledged.
 //!
+//! **Traced.** Each publish is a span (`publish`, producer, from the publish to its ack), a
+//! child of the span that recorded the event (its stored `traceparent`); the message carries
+//! the publish span's trace context, so the consumer's span is a child of the publish, and the
+//! trace shows the time an event spent in the outbox. The stored event keeps its recorder's
+//! context.
+//!
 //! **Observed, not measured here.** A [`RelayObserver`] is told of every round JetStream
 //! acknowledged; what it makes of it (the service's metrics) is not this crate's concern.
 
@@ -45,6 +51,7 @@ use eventstore::{OUTBOX_CHANNEL, Store, StoredEvent};
 use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::message::event_headers;
 
@@ -324,21 +331,34 @@ pub async fn publish_events(
         for slice in wave.chunks(MAX_IN_FLIGHT) {
             let mut pending = Vec::with_capacity(slice.len());
             for event in slice {
-                match send(js, stream, event).await {
-                    Ok(ack) => pending.push((event.position, ack)),
+                let span = tracing::info_span!(
+                    "publish",
+                    otel.name = %format_args!("publish {}", event.event_type),
+                    otel.kind = "producer",
+                    otel.status_code = tracing::field::Empty,
+                    service = %stream.context(),
+                    event_type = %event.event_type,
+                    event_id = %event.event_id,
+                    aggregate_id = %event.aggregate_id,
+                );
+                match send(js, stream, event, &span).await {
+                    Ok(ack) => pending.push((event.position, ack, span)),
                     Err(e) => {
+                        span.record("otel.status_code", "ERROR");
                         published.failure = Some(e);
                         break;
                     }
                 }
             }
-            for (position, ack) in pending {
+            // Each span ends with its ack.
+            for (position, ack, span) in pending {
                 match ack.await {
                     Ok(ack) => {
                         published.acked.push(position);
                         published.duplicates += u64::from(ack.duplicate);
                     }
                     Err(e) => {
+                        span.record("otel.status_code", "ERROR");
                         published.failure.get_or_insert_with(|| {
                             anyhow!(e).context(format!("no ack for event at position {position}"))
                         });
@@ -353,10 +373,13 @@ pub async fn publish_events(
     published
 }
 
+/// Publishes `event` from `span`: the message carries the span's trace context, when it has
+/// one, instead of the recorder's.
 async fn send(
     js: &jetstream::Context,
     stream: &StreamName,
     event: &StoredEvent,
+    span: &tracing::Span,
 ) -> anyhow::Result<jetstream::context::PublishAckFuture> {
     let subject = stream.event_subject(
         &event.aggregate_type,
@@ -364,10 +387,22 @@ async fn send(
         &event.event_type,
     )?;
     let payload = Bytes::from(event.payload.clone().into_bytes());
-    let message = PublishMessage::build()
-        .payload(payload)
-        .headers(event_headers(event));
+    let mut headers = event_headers(event);
+    let metadata = &event.metadata;
+    if let Some(trace) = crate::message::follow_trace(
+        span,
+        metadata.traceparent.as_deref(),
+        metadata.tracestate.as_deref(),
+    ) {
+        // The span's trace state is the recorder's: it inherits it.
+        headers.insert(events::headers::TRACEPARENT, trace.traceparent.as_str());
+        if let Some(state) = &trace.tracestate {
+            headers.insert(events::headers::TRACESTATE, state.as_str());
+        }
+    }
+    let message = PublishMessage::build().payload(payload).headers(headers);
     js.send_publish(subject, message)
+        .instrument(span.clone())
         .await
         .with_context(|| format!("cannot publish event at position {}", event.position))
 }

@@ -14,11 +14,16 @@
 //! runs: the store counts the events appended, the relay and the consumers report through the
 //! observers of `bus`, the command endpoints and the tickers count in the host itself.
 //!
+//! Each command is handled in a span (`command`, with the context as its `service`), a child
+//! of the request's `traceparent`; the events it appends carry the span's trace context, so
+//! the reactions they cause continue the caller's trace (see [`telemetry`]).
+//!
 //! The host holds no domain logic; the context's crate does.
 
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod telemetry;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -35,6 +40,7 @@ use futures::StreamExt;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::health::Monitor;
 use crate::metrics::{Metrics, Scraper};
@@ -349,12 +355,28 @@ impl Host {
                         },
                     };
                     let started = Instant::now();
-                    let metadata = request_metadata(&request.message);
-                    let reply = commands.run(name, &request.message.payload, metadata).await;
+                    let span = tracing::info_span!(
+                        "command",
+                        otel.name = %subject,
+                        otel.kind = "server",
+                        service = context,
+                        command = *name,
+                        rejected = tracing::field::Empty,
+                    );
+                    let received = request_metadata(&request.message);
+                    // The events the command appends carry this span's trace context.
+                    let metadata = bus::traced(&span, &received).unwrap_or(received);
+                    let reply = commands
+                        .run(name, &request.message.payload, metadata)
+                        .instrument(span.clone())
+                        .await;
                     let rejected = match &reply {
                         CommandReply::Rejected { code, .. } => Some(code.as_str()),
                         CommandReply::Accepted { .. } => None,
                     };
+                    if let Some(code) = rejected {
+                        span.record("rejected", code);
+                    }
                     metrics.answered(started, rejected);
                     let body = serde_json::to_vec(&reply).unwrap_or_default();
                     if let Err(e) = request.respond(Ok(body.into())).await {
@@ -441,19 +463,24 @@ fn request_metadata(message: &async_nats::Message) -> Metadata {
     }
 }
 
-/// The `main` of a service binary: sets up logging, runs `run` on a multi-threaded runtime,
-/// and exits with 1 (the error on stderr, with its causes) if it fails.
+/// The `main` of a service binary: sets up logs and traces (see [`telemetry`]), runs `run` on
+/// a multi-threaded runtime, exports the last spans, and exits with 1 (the error on stderr,
+/// with its causes) if it fails.
 ///
 /// Logs go to stderr, filtered by `RUST_LOG` (default `info,sqlx=warn`), as text or, with
-/// `CHORUS_LOG_FORMAT=json`, as JSON lines.
+/// `CHORUS_LOG_FORMAT=json`, as JSON lines; traces go over OTLP when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set, under `OTEL_SERVICE_NAME` or else `name`.
 pub fn main<F, Fut>(name: &str, run: F) -> std::process::ExitCode
 where
     F: FnOnce() -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    let outcome = init_logging().and_then(|()| {
-        let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-        runtime.block_on(run())
+    let outcome = telemetry::init(name).and_then(|telemetry| {
+        let outcome = tokio::runtime::Runtime::new()
+            .context("cannot start the async runtime")
+            .and_then(|runtime| runtime.block_on(run()));
+        telemetry.shutdown();
+        outcome
     });
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -463,27 +490,6 @@ where
             std::process::ExitCode::FAILURE
         }
     }
-}
-
-fn init_logging() -> anyhow::Result<()> {
-    let json = match std::env::var("CHORUS_LOG_FORMAT").ok().as_deref() {
-        None | Some("" | "text") => false,
-        Some("json") => true,
-        Some(other) => anyhow::bail!("CHORUS_LOG_FORMAT={other:?} is not text or json"),
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,sqlx=warn".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init();
-    }
-    Ok(())
 }
 
 /// Resolves when the process gets Ctrl-C or SIGTERM.

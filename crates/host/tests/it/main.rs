@@ -1,7 +1,7 @@
 //! Integration tests of the host against a real PostgreSQL (a database per test) and a real
 //! nats-server (a private one per test): the health of a service as NATS and HTTP report it,
-//! with its dependencies working and failing, its metrics as they move with real work, and its
-//! settings.
+//! with its dependencies working and failing, its metrics as they move with real work, its
+//! settings, and one order's saga as one trace across the gateway and the four contexts.
 
 // A test fails by panicking; helpers unwrap like the tests do.
 #![allow(clippy::unwrap_used)]
@@ -9,6 +9,7 @@
 mod health;
 mod metrics;
 mod settings;
+mod traces;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
