@@ -729,6 +729,7 @@ async fn compare(
 /// connection of its own for the whole run.
 struct Exclusive {
     conn: PgConnection,
+    key: i64,
 }
 
 impl Exclusive {
@@ -736,17 +737,26 @@ impl Exclusive {
         let mut conn = PgConnection::connect_with(&db.connect_options())
             .await
             .context("cannot connect to the projections database")?;
+        let key = lock_key("rebuild", projection.name());
         let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(lock_key("rebuild", projection.name()))
+            .bind(key)
             .fetch_one(&mut conn)
             .await?;
         if !locked {
             bail!("a rebuild or verification of {projection} is already running");
         }
-        Ok(Self { conn })
+        Ok(Self { conn, key })
     }
 
-    async fn release(self) {
+    /// Unlocks, then closes. Closing alone is not enough: the server frees a closed session's
+    /// locks only when its backend has exited, and a rebuild started right after could find
+    /// the lock still held.
+    async fn release(mut self) {
+        // If the unlock fails the connection is gone, and its lock with it.
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(self.key)
+            .execute(&mut self.conn)
+            .await;
         self.conn.close().await.ok();
     }
 }
