@@ -1,5 +1,6 @@
 //! Rebuild rate of the projections against a real PostgreSQL and a private nats-server:
-//! `cargo bench -p projections --bench rebuild`. Add `-- --quick` for a run a tenth the size.
+//! `cargo bench -p projections --bench rebuild`. Add `-- --quick` for a run a tenth the size,
+//! `-- --only <orders|catalogue|sales|all>` to time one rebuild (`all`: the three at once).
 //!
 //! Fills the four context streams with 1,000,000 events of realistic sagas (placed, reserved,
 //! paid, shipped and delivered orders, with a share declined), published directly with the
@@ -38,7 +39,19 @@ const IN_FLIGHT: usize = 4_096;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let only = match args.iter().position(|a| a == "--only") {
+        None => None,
+        Some(at) => {
+            let name = args.get(at + 1).map(String::as_str).unwrap_or_default();
+            if name != "all" && Projection::parse(name).is_none() {
+                anyhow::bail!("--only takes orders, catalogue, sales or all, not {name:?}");
+            }
+            Some(name.to_owned())
+        }
+    };
+    let runs = |name: &str| only.as_deref().is_none_or(|only| only == name);
     let events = if quick { 100_000 } else { 1_000_000 };
     let nats = NatsServer::start().await?;
     let client = bus::connect(&nats.url(), "bench").await?;
@@ -66,7 +79,7 @@ async fn main() -> anyhow::Result<()> {
     let db = TestDatabase::create().await?;
     let pool = db.pool(8).await?;
     let cancel = CancellationToken::new();
-    for projection in Projection::ALL {
+    for projection in Projection::ALL.into_iter().filter(|p| runs(p.name())) {
         let report = rebuild::rebuild(
             &pool,
             &js,
@@ -83,6 +96,9 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
+    if !runs("all") {
+        return Ok(());
+    }
     let started = Instant::now();
     let all = Projection::ALL.map(|projection| {
         let (pool, js, cancel) = (pool.clone(), js.clone(), cancel.clone());

@@ -15,6 +15,12 @@
 //! is applied twice (the writer continues from the new checkpoints), and queries never see an
 //! empty model.
 //!
+//! **Bulk loads.** Until the swap nobody reads the new schema and the rebuild is its only
+//! writer, so it is loaded the cheap way (see the runner's module docs): the orders' secondary
+//! indexes are built once at the end of the load, `applied` is kept in memory and written
+//! once, and batches are larger ([`REBUILD_BATCH_SIZE`]). A verification loads its scratch
+//! schema the same way, without the indexes.
+//!
 //! A leftover `<name>_rebuild` from an interrupted run is dropped at the start, so running
 //! again is always safe; an interrupted run changes nothing live. Only one rebuild or
 //! verification of a projection runs at a time (an advisory lock).
@@ -46,10 +52,15 @@ use futures::StreamExt;
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
-use crate::projection::{Projection, create_schema, ddl_lock, lock_key, quote_ident};
+use crate::projection::{Layout, Projection, create_schema_with, ddl_lock, lock_key, quote_ident};
 use crate::runner::{
-    Counts, DEFAULT_BATCH_SIZE, Ended, NOTIFY_CHANNEL, Positions, Runner, stream_state, to_i64,
+    Counts, Ended, NOTIFY_CHANNEL, Positions, Runner, SessionError, stream_state, to_i64,
 };
+
+/// Messages a rebuild or verification applies per transaction, at most, unless configured
+/// otherwise: more than the live writer's batches, since nobody waits for a rebuild's batch
+/// and each transaction costs its round trips and its commit.
+pub const REBUILD_BATCH_SIZE: usize = 5_000;
 
 /// Where a rebuild starts reading each source stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +99,7 @@ impl Default for RebuildOptions {
         Self {
             from: StartAt::Beginning,
             order: SourceOrder::Interleaved,
-            batch_size: DEFAULT_BATCH_SIZE,
+            batch_size: REBUILD_BATCH_SIZE,
         }
     }
 }
@@ -230,14 +241,15 @@ pub async fn rebuild_with(
             targets.insert(context, last);
         }
         progress.add_total(distance(&starts, &targets));
-        let runner = Runner::new(
+        let mut runner = Runner::new(
             db.clone(),
             js.clone(),
             projection,
             schema.clone(),
             options.batch_size,
             false,
-        );
+        )
+        .bulk();
         let mut counts = Counts::default();
         progress.phase(projection, Phase::Rebuilding);
         match &options.order {
@@ -262,13 +274,23 @@ pub async fn rebuild_with(
             }
         }
 
+        // Caught up once more in bulk, then `applied` written and the indexes built, then
+        // caught up with what arrived meanwhile the live way; the swap applies what arrives
+        // after that.
         progress.phase(projection, Phase::CatchingUp);
-        let mut now = Positions::new();
-        for &context in projection.sources() {
-            now.insert(context, stream_state(js, context).await?.1);
+        let mut reached = targets;
+        for bulk in [true, false] {
+            let mut now = Positions::new();
+            for &context in projection.sources() {
+                now.insert(context, stream_state(js, context).await?.1);
+            }
+            progress.add_total(distance(&reached, &now));
+            run_bounded(&runner, &now, &mut counts, progress, cancel).await?;
+            if bulk {
+                runner.finish_bulk(true).await?;
+            }
+            reached = now;
         }
-        progress.add_total(distance(&targets, &now));
-        run_bounded(&runner, &now, &mut counts, progress, cancel).await?;
 
         progress.phase(projection, Phase::Swapping);
         let checkpoints = swap(db, &runner, projection, &mut counts, progress, cancel).await?;
@@ -353,17 +375,19 @@ pub async fn verify(
             bounds.insert(context, until);
         }
         progress.add_total(distance(&starts, &bounds));
-        let runner = Runner::new(
+        let mut runner = Runner::new(
             db.clone(),
             js.clone(),
             projection,
             schema.clone(),
-            DEFAULT_BATCH_SIZE,
+            REBUILD_BATCH_SIZE,
             false,
-        );
+        )
+        .bulk();
         progress.phase(projection, Phase::Rebuilding);
         let mut counts = Counts::default();
         run_bounded(&runner, &bounds, &mut counts, progress, cancel).await?;
+        runner.finish_bulk(false).await?;
 
         progress.phase(projection, Phase::Comparing);
         let mut scratch = db.acquire().await?;
@@ -465,6 +489,7 @@ async fn run_bounded(
                 }
                 anyhow::anyhow!("a source stream ended before its last sequence")
             }
+            Err(e @ SessionError::Lost(_)) => return Err(e.into()),
             Err(e) => anyhow::Error::new(e),
         };
         failures = if counts.messages > before {
@@ -592,7 +617,8 @@ async fn start_after(
     }
 }
 
-/// Drops `schema` if it exists and creates it anew with `projection`'s tables.
+/// Drops `schema` if it exists and creates it anew with `projection`'s tables, laid out for a
+/// bulk load.
 async fn recreate_schema(db: &PgPool, projection: Projection, schema: &str) -> anyhow::Result<()> {
     let mut tx = db.begin().await?;
     ddl_lock(&mut tx).await?;
@@ -602,7 +628,7 @@ async fn recreate_schema(db: &PgPool, projection: Projection, schema: &str) -> a
     )))
     .execute(&mut *tx)
     .await?;
-    create_schema(&mut tx, projection, schema).await?;
+    create_schema_with(&mut tx, projection, schema, Layout::Bulk).await?;
     tx.commit().await?;
     Ok(())
 }

@@ -34,9 +34,21 @@
 //!
 //! Batches commit with `synchronous_commit = off`: a crash of PostgreSQL may lose the last
 //! batches, but never one without its checkpoint, so the writer reads them again.
+//!
+//! **Bulk loads.** A rebuild or a verification writes into a schema nobody reads yet, created
+//! without its secondary indexes ([`Layout::Bulk`](crate::projection::Layout)). Its runner
+//! keeps `applied` in memory instead of reading and writing the table in every batch (it is
+//! the schema's only writer, so what it committed is what the table would say).
+//! [`Runner::finish_bulk`] writes `applied` and builds the indexes; from then on the runner
+//! writes the live way. Past [`SPILL_AT`] aggregates, `applied` is written out and those no
+//! longer in memory are looked up in the table. A commit with `synchronous_commit = off` can be
+//! lost only with a restart of PostgreSQL, after which memory would be ahead of the tables: a
+//! bulk session that finds the server restarted since the load began fails the load, to be run
+//! again.
 
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
@@ -49,7 +61,7 @@ use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 use tokio_util::sync::CancellationToken;
 
 use crate::model;
-use crate::projection::{Projection, lock_key};
+use crate::projection::{Projection, build_indexes, lock_key};
 use crate::source::{self, Read, SourceEvent};
 
 /// The channel notified after every commit of a live writer; the payload is the projection's
@@ -68,6 +80,10 @@ const LOCK_CHECK: Duration = Duration::from_secs(5);
 /// How often a session checks that its streams are the ones it opened (a stream deleted and
 /// recreated under an ordered consumer is read on from the old position, silently).
 const STREAM_CHECK: Duration = Duration::from_secs(2);
+
+/// Aggregates a bulk runner keeps in memory (about 100 bytes each) before it writes them to
+/// `applied` and looks up the ones it no longer holds there.
+const SPILL_AT: usize = 1_000_000;
 
 /// What sessions did, added up.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -95,6 +111,13 @@ pub(crate) enum SessionError {
     /// writer ran. Start again from the database.
     #[error("the checkpoint of {0} moved under the writer")]
     Moved(String),
+    /// PostgreSQL restarted during a bulk load: it may have lost the last batches, which the
+    /// runner's memory of `applied` holds. The load must be run again from its start.
+    #[error(
+        "PostgreSQL restarted while {0} was loaded, and may have lost its last batches; \
+         run it again"
+    )]
+    Lost(String),
     #[error(transparent)]
     Failed(#[from] anyhow::Error),
 }
@@ -132,6 +155,48 @@ pub(crate) struct Runner {
     batch_size: usize,
     /// A live writer dead-letters poison messages and notifies waiting queries.
     live: bool,
+    /// A bulk load's `applied`, kept in memory (see the module docs).
+    bulk: Option<Arc<tokio::sync::Mutex<Bulk>>>,
+    /// Aggregates a bulk load holds in memory before it writes them to `applied`.
+    spill_at: usize,
+}
+
+/// What a bulk runner applied, as committed: the last event per aggregate (type, then id).
+#[derive(Debug, Default)]
+struct Bulk {
+    applied: HashMap<String, HashMap<String, Applied>>,
+    entries: usize,
+    /// `applied` in the table holds rows written earlier (a spill): an aggregate missing here
+    /// may be there.
+    spilled: bool,
+    /// When the server the load began on started (`pg_postmaster_start_time()`).
+    server_started: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Applied {
+    sequence: i64,
+    position: i64,
+}
+
+impl Bulk {
+    fn get(&self, aggregate_type: &str, aggregate_id: &str) -> Option<Applied> {
+        self.applied.get(aggregate_type)?.get(aggregate_id).copied()
+    }
+
+    fn set(&mut self, aggregate_type: &str, aggregate_id: &str, applied: Applied) {
+        let ids = match self.applied.get_mut(aggregate_type) {
+            Some(ids) => ids,
+            None => self.applied.entry(aggregate_type.to_owned()).or_default(),
+        };
+        match ids.get_mut(aggregate_id) {
+            Some(known) => *known = applied,
+            None => {
+                ids.insert(aggregate_id.to_owned(), applied);
+                self.entries += 1;
+            }
+        }
+    }
 }
 
 impl Runner {
@@ -150,7 +215,81 @@ impl Runner {
             schema,
             batch_size: batch_size.max(1),
             live,
+            bulk: None,
+            spill_at: SPILL_AT,
         }
+    }
+
+    /// The runner of a bulk load into a schema created with the bulk layout: it keeps
+    /// `applied` in memory until [`Runner::finish_bulk`].
+    pub(crate) fn bulk(mut self) -> Self {
+        self.bulk = Some(Arc::default());
+        self
+    }
+
+    /// Ends a bulk load: writes `applied`, then, with `indexes`, builds the secondary indexes
+    /// (a verification's scratch schema, compared and dropped, needs none). The runner writes
+    /// the live way from then on.
+    pub(crate) async fn finish_bulk(&mut self, indexes: bool) -> anyhow::Result<()> {
+        let Some(bulk) = self.bulk.take() else {
+            return Ok(());
+        };
+        let mut state = bulk.lock().await;
+        let outcome = async {
+            self.spill(&mut state)
+                .await
+                .context("cannot write the rebuilt `applied`")?;
+            if indexes {
+                let mut tx = self.begin().await?;
+                build_indexes(&mut tx, self.projection, &self.schema)
+                    .await
+                    .context("cannot index the rebuilt tables")?;
+                tx.commit().await?;
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        drop(state);
+        if outcome.is_err() {
+            self.bulk = Some(bulk);
+        }
+        outcome
+    }
+
+    /// Writes what `bulk` holds to `applied` and forgets it.
+    async fn spill(&self, bulk: &mut Bulk) -> sqlx::Result<()> {
+        /// Rows per statement: arrays of this size take a few tens of milliseconds.
+        const ROWS: usize = 50_000;
+        if bulk.entries == 0 {
+            return Ok(());
+        }
+        let mut rows: Vec<(&str, &str, Applied)> = Vec::with_capacity(bulk.entries);
+        for (aggregate_type, ids) in &bulk.applied {
+            for (aggregate_id, applied) in ids {
+                rows.push((aggregate_type, aggregate_id, *applied));
+            }
+        }
+        // In key order, each row lands next to the previous one in the primary key.
+        rows.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        let mut tx = self.begin().await?;
+        for chunk in rows.chunks(ROWS) {
+            let mut types = Vec::with_capacity(chunk.len());
+            let mut ids = Vec::with_capacity(chunk.len());
+            let mut sequences = Vec::with_capacity(chunk.len());
+            let mut positions = Vec::with_capacity(chunk.len());
+            for &(t, i, applied) in chunk {
+                types.push(t);
+                ids.push(i);
+                sequences.push(applied.sequence);
+                positions.push(applied.position);
+            }
+            upsert_applied(&mut tx, &types, &ids, &sequences, &positions).await?;
+        }
+        tx.commit().await?;
+        bulk.applied.clear();
+        bulk.entries = 0;
+        bulk.spilled = true;
+        Ok(())
     }
 
     pub(crate) fn projection(&self) -> Projection {
@@ -259,8 +398,8 @@ impl Runner {
                          resuming from the database");
                     continue;
                 }
-                Err(SessionError::Failed(e)) => {
-                    tracing::warn!(projection = %self.projection, error = format!("{e:#}"),
+                Err(e @ (SessionError::Failed(_) | SessionError::Lost(_))) => {
+                    tracing::warn!(projection = %self.projection, error = format!("{:#}", anyhow!(e)),
                         "projection session failed; starting again from the checkpoints");
                 }
             }
@@ -303,11 +442,13 @@ impl Runner {
         let _reading = AbortOnDrop(tokio::spawn(async move {
             while let Some((context, message)) = merged.next().await {
                 let incoming = message.and_then(|message| {
-                    let sequence = message
+                    let info = message
                         .info()
-                        .map_err(|e| format!("not a JetStream message: {e}"))?
-                        .stream_sequence;
-                    let read = source::read(context, &message, aggregate_types);
+                        .map_err(|e| format!("not a JetStream message: {e}"))?;
+                    let sequence = info.stream_sequence;
+                    let published =
+                        i64::try_from(info.published.unix_timestamp_nanos() / 1_000).unwrap_or(0);
+                    let read = source::read(context, &message, published, aggregate_types);
                     let message = matches!(read, Read::Poison(_)).then_some(message);
                     Ok(Incoming {
                         context,
@@ -352,13 +493,22 @@ impl Runner {
     /// Reads the checkpoints, creating missing ones and resetting those of recreated streams.
     async fn prepare(
         &self,
-    ) -> anyhow::Result<(Positions, BTreeMap<BoundedContext, DateTime<Utc>>)> {
+    ) -> Result<(Positions, BTreeMap<BoundedContext, DateTime<Utc>>), SessionError> {
         let mut streams = Vec::new();
         for &context in self.projection.sources() {
             let (created, last) = stream_state(&self.js, context).await?;
             streams.push((context, created, last));
         }
         let mut tx = self.begin().await?;
+        if let Some(bulk) = &self.bulk {
+            let started: DateTime<Utc> = sqlx::query_scalar("SELECT pg_postmaster_start_time()")
+                .fetch_one(&mut *tx)
+                .await?;
+            let mut bulk = bulk.lock().await;
+            if *bulk.server_started.get_or_insert(started) != started {
+                return Err(SessionError::Lost(self.schema.clone()));
+            }
+        }
         let mut checkpoints = Positions::new();
         let mut opened = BTreeMap::new();
         for (context, created, last) in streams {
@@ -555,68 +705,81 @@ impl Runner {
         }
 
         // The last event applied per aggregate of the batch: known ones are skipped.
-        let mut last: HashMap<(String, String), Last> = HashMap::new();
+        let mut last: HashMap<(&str, &str), Last> = HashMap::new();
         for event in &events {
-            last.entry((event.aggregate_type.clone(), event.aggregate_id.clone()))
+            last.entry((&event.aggregate_type, &event.aggregate_id))
                 .or_default();
         }
-        let (types, ids): (Vec<&str>, Vec<&str>) =
-            last.keys().map(|(t, i)| (t.as_str(), i.as_str())).unzip();
-        // A lookup per key: a join could pick a scan of the whole table, which grows.
-        let known: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT k.t, k.i, a.sequence FROM unnest($1::text[], $2::text[]) AS k(t, i) \
-             CROSS JOIN LATERAL (SELECT sequence FROM applied \
-                 WHERE aggregate_type = k.t AND aggregate_id = k.i) a",
-        )
-        .bind(&types)
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await?;
-        for (t, i, sequence) in known {
-            if let Some(entry) = last.get_mut(&(t, i)) {
-                entry.sequence = sequence;
-            }
-        }
-        let fresh: Vec<SourceEvent> = events
-            .into_iter()
-            .filter(|event| {
-                let key = (event.aggregate_type.clone(), event.aggregate_id.clone());
-                let entry = last.entry(key).or_default();
-                if event.sequence <= entry.sequence {
-                    return false;
+        let mut bulk = match &self.bulk {
+            Some(bulk) => Some(bulk.lock().await),
+            None => None,
+        };
+        let lookup: Vec<(&str, &str)> = match &bulk {
+            None => last.keys().copied().collect(),
+            Some(bulk) => {
+                let mut missing = Vec::new();
+                for (&(t, i), entry) in &mut last {
+                    match bulk.get(t, i) {
+                        Some(applied) => {
+                            entry.sequence = applied.sequence;
+                            entry.position = applied.position;
+                        }
+                        None if bulk.spilled => missing.push((t, i)),
+                        None => {}
+                    }
                 }
-                entry.sequence = event.sequence;
-                entry.position = entry.position.max(event.position);
-                entry.touched = true;
-                true
-            })
-            .collect();
-        model::apply(self.projection, &mut tx, &fresh).await?;
-
-        let mut types = Vec::new();
-        let mut ids = Vec::new();
-        let mut sequences = Vec::new();
-        let mut positions = Vec::new();
-        for ((t, i), entry) in last.into_iter().filter(|(_, e)| e.touched) {
-            types.push(t);
-            ids.push(i);
-            sequences.push(entry.sequence);
-            positions.push(entry.position);
-        }
-        if !types.is_empty() {
-            sqlx::query(
-                "INSERT INTO applied AS a (aggregate_type, aggregate_id, sequence, position) \
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) \
-                 ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET \
-                     sequence = EXCLUDED.sequence, \
-                     position = GREATEST(a.position, EXCLUDED.position)",
+                missing
+            }
+        };
+        if !lookup.is_empty() {
+            let (types, ids): (Vec<&str>, Vec<&str>) = lookup.iter().copied().unzip();
+            // A lookup per key: a join could pick a scan of the whole table, which grows.
+            let known: Vec<(i64, i64)> = sqlx::query_as(
+                "SELECT k.n, a.sequence \
+                 FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(t, i, n) \
+                 CROSS JOIN LATERAL (SELECT sequence FROM applied \
+                     WHERE aggregate_type = k.t AND aggregate_id = k.i) a",
             )
             .bind(&types)
             .bind(&ids)
-            .bind(&sequences)
-            .bind(&positions)
-            .execute(&mut *tx)
+            .fetch_all(&mut *tx)
             .await?;
+            for (n, sequence) in known {
+                let key = usize::try_from(n - 1).ok().and_then(|n| lookup.get(n));
+                if let Some(entry) = key.and_then(|key| last.get_mut(key)) {
+                    entry.sequence = sequence;
+                }
+            }
+        }
+        let mut fresh = Vec::with_capacity(events.len());
+        for event in &events {
+            let Some(entry) = last.get_mut(&(&event.aggregate_type, &event.aggregate_id)) else {
+                continue;
+            };
+            if event.sequence <= entry.sequence {
+                continue;
+            }
+            entry.sequence = event.sequence;
+            entry.position = entry.position.max(event.position);
+            entry.touched = true;
+            fresh.push(event);
+        }
+        model::apply(self.projection, &mut tx, &fresh).await?;
+
+        if bulk.is_none() {
+            let mut types = Vec::new();
+            let mut ids = Vec::new();
+            let mut sequences = Vec::new();
+            let mut positions = Vec::new();
+            for (&(t, i), entry) in last.iter().filter(|(_, e)| e.touched) {
+                types.push(t);
+                ids.push(i);
+                sequences.push(entry.sequence);
+                positions.push(entry.position);
+            }
+            if !types.is_empty() {
+                upsert_applied(&mut tx, &types, &ids, &sequences, &positions).await?;
+            }
         }
         if self.live {
             sqlx::query("SELECT pg_notify($1, $2)")
@@ -626,6 +789,23 @@ impl Runner {
                 .await?;
         }
         tx.commit().await?;
+        if let Some(bulk) = &mut bulk {
+            for (&(t, i), entry) in last.iter().filter(|(_, e)| e.touched) {
+                let applied = Applied {
+                    sequence: entry.sequence,
+                    position: entry.position,
+                };
+                bulk.set(t, i, applied);
+            }
+            // The batch is committed whatever happens here: a failed spill is tried again
+            // after the next batch.
+            if bulk.entries >= self.spill_at
+                && let Err(e) = self.spill(bulk).await
+            {
+                tracing::warn!(projection = %self.projection, schema = %self.schema,
+                    error = %e, "cannot write the rebuild's `applied` yet; kept in memory");
+            }
+        }
         Ok(fresh.len() as u64)
     }
 
@@ -681,6 +861,31 @@ struct Last {
     touched: bool,
 }
 
+/// Records the last event applied per aggregate (sequence and store position); a position is
+/// never moved back.
+async fn upsert_applied(
+    conn: &mut PgConnection,
+    types: &[&str],
+    ids: &[&str],
+    sequences: &[i64],
+    positions: &[i64],
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO applied AS a (aggregate_type, aggregate_id, sequence, position) \
+         SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) \
+         ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET \
+             sequence = EXCLUDED.sequence, \
+             position = GREATEST(a.position, EXCLUDED.position)",
+    )
+    .bind(types)
+    .bind(ids)
+    .bind(sequences)
+    .bind(positions)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 /// A stream's creation time (to the microsecond, as PostgreSQL keeps it) and last sequence.
 pub(crate) async fn stream_state(
     js: &jetstream::Context,
@@ -714,4 +919,172 @@ async fn lock_lost(conn: &mut PgConnection) -> anyhow::Error {
 
 pub(crate) fn to_i64(sequence: u64) -> i64 {
     i64::try_from(sequence).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use chrono::TimeZone;
+    use events::ordering::{Address, OrderConfirmed, OrderEvent, OrderLine, OrderPlaced};
+    use events::values::{CustomerId, Money, OrderId};
+    use events::{Event, Metadata};
+    use eventstore::StoredEvent;
+    use harness::{NatsServer, TestDatabase};
+
+    use super::*;
+    use crate::projection::{Layout, create_schema_with};
+
+    fn stored(aggregate_id: &str, sequence: i64, event: &OrderEvent) -> StoredEvent {
+        StoredEvent {
+            position: sequence,
+            event_id: sqlx::types::Uuid::now_v7(),
+            aggregate_type: OrderEvent::AGGREGATE_TYPE.to_owned(),
+            aggregate_id: aggregate_id.to_owned(),
+            sequence,
+            event_type: event.event_type().to_owned(),
+            schema_version: i32::try_from(event.schema_version()).unwrap(),
+            payload: event.to_payload().to_string(),
+            metadata: Metadata::default(),
+            recorded_at: Utc.with_ymd_and_hms(2026, 3, 14, 9, 0, 0).unwrap(),
+        }
+    }
+
+    async fn rows(pool: &PgPool, schema: &str, projection: Projection) -> Vec<String> {
+        let mut all = Vec::new();
+        for table in projection.tables() {
+            let sql = format!(
+                "SELECT to_jsonb(t)::text FROM {schema}.{} t ORDER BY 1",
+                table.name
+            );
+            let found: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .fetch_all(pool)
+                .await
+                .unwrap();
+            all.extend(
+                found
+                    .into_iter()
+                    .map(|row| format!("{}: {row}", table.name)),
+            );
+        }
+        all
+    }
+
+    /// A bulk load that writes `applied` out every few aggregates (and then looks up those it
+    /// no longer holds, events published twice among them) builds what a live writer builds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bulk_load_that_spills_applied_builds_what_the_live_way_builds() {
+        let nats = NatsServer::start().await.unwrap();
+        let js = jetstream::new(bus::connect(&nats.url(), "runner-test").await.unwrap());
+        let streams: Vec<_> = BoundedContext::ALL.iter().map(|c| c.stream()).collect();
+        bus::provision::streams(&js, &streams, 1).await.unwrap();
+        let eur = "EUR".parse().unwrap();
+        let address = Address {
+            name: "Ada Lovelace".to_owned(),
+            line1: "12 St James's Square".to_owned(),
+            line2: None,
+            city: "London".to_owned(),
+            postal_code: "SW1Y 4JH".to_owned(),
+            country: "GB".to_owned(),
+        };
+        let mut messages = Vec::new();
+        for n in 0..12 {
+            let order_id = OrderId::new();
+            let id = order_id.to_string();
+            let placed: OrderEvent = OrderPlaced {
+                order_id,
+                customer_id: CustomerId::new(),
+                lines: vec![OrderLine {
+                    sku: "BOOK".parse().unwrap(),
+                    quantity: 1.try_into().unwrap(),
+                    unit_price: Money::new(100 + n, eur),
+                }],
+                total: Money::new(100 + n, eur),
+                shipping_address: address.clone(),
+                payment_token: "tok_success".to_owned(),
+            }
+            .into();
+            let confirmed: OrderEvent = OrderConfirmed {
+                order_id,
+                shipping_address: address.clone(),
+            }
+            .into();
+            messages.push(stored(&id, 1, &placed));
+            messages.push(stored(&id, 2, &confirmed));
+        }
+        // Published again past the duplicate window: the same events, stored twice.
+        let twice: Vec<StoredEvent> = messages[..6].to_vec();
+        messages.extend(twice);
+        for (n, message) in messages.iter().enumerate() {
+            let subject = BoundedContext::Ordering
+                .stream()
+                .event_subject(
+                    &message.aggregate_type,
+                    &message.aggregate_id,
+                    &message.event_type,
+                )
+                .unwrap();
+            let mut headers = bus::event_headers(message);
+            headers.insert(events::headers::MSG_ID, format!("copy-{n}").as_str());
+            js.publish_with_headers(subject, headers, message.payload.clone().into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        let last = stream_state(&js, BoundedContext::Ordering).await.unwrap().1;
+        assert_eq!(last, 30);
+        let bounds = Positions::from([(BoundedContext::Ordering, last)]);
+
+        let db = TestDatabase::create().await.unwrap();
+        let pool = db.pool(2).await.unwrap();
+        let projection = Projection::Orders;
+        let cancel = CancellationToken::new();
+        let mut built = Vec::new();
+        for (schema, bulk) in [("live_way", false), ("bulk_way", true)] {
+            let layout = if bulk { Layout::Bulk } else { Layout::Live };
+            let mut conn = pool.acquire().await.unwrap();
+            assert!(
+                create_schema_with(&mut conn, projection, schema, layout)
+                    .await
+                    .unwrap()
+            );
+            drop(conn);
+            let mut runner = Runner::new(
+                pool.clone(),
+                js.clone(),
+                projection,
+                schema.to_owned(),
+                3,
+                false,
+            );
+            if bulk {
+                runner = runner.bulk();
+                runner.spill_at = 2;
+            }
+            let mut counts = Counts::default();
+            let ended = runner
+                .session(Some(&bounds), &mut counts, &|_| {}, &cancel)
+                .await
+                .unwrap();
+            assert_eq!(ended, Ended::Reached);
+            assert_eq!(counts.messages, 30, "{schema}");
+            assert_eq!(counts.applied, 24, "{schema}: the copies are skipped");
+            if bulk {
+                let spilled = runner.bulk.as_ref().unwrap().lock().await.spilled;
+                assert!(spilled, "applied was written out during the load");
+                runner.finish_bulk(true).await.unwrap();
+                assert!(runner.bulk.is_none());
+            }
+            built.push(rows(&pool, schema, projection).await);
+        }
+        assert_eq!(
+            built[0]
+                .iter()
+                .filter(|r| r.starts_with("applied: "))
+                .count(),
+            12
+        );
+        assert_eq!(built[0], built[1]);
+    }
 }

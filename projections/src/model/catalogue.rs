@@ -27,7 +27,7 @@ struct Change {
 }
 
 /// Applies `events` (new ones only, each aggregate's in order) to the catalogue.
-pub(crate) async fn apply(conn: &mut PgConnection, events: &[SourceEvent]) -> sqlx::Result<()> {
+pub(crate) async fn apply(conn: &mut PgConnection, events: &[&SourceEvent]) -> sqlx::Result<()> {
     let mut changes: BTreeMap<String, Change> = BTreeMap::new();
     for event in events {
         match &event.fact {

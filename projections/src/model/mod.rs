@@ -19,7 +19,7 @@ use crate::source::SourceEvent;
 pub(crate) async fn apply(
     projection: Projection,
     conn: &mut PgConnection,
-    events: &[SourceEvent],
+    events: &[&SourceEvent],
 ) -> sqlx::Result<()> {
     if events.is_empty() {
         return Ok(());

@@ -84,7 +84,7 @@ struct Timeline {
 }
 
 /// Applies `events` (new ones only, each aggregate's in order) to the orders model.
-pub(crate) async fn apply(conn: &mut PgConnection, events: &[SourceEvent]) -> sqlx::Result<()> {
+pub(crate) async fn apply(conn: &mut PgConnection, events: &[&SourceEvent]) -> sqlx::Result<()> {
     let mut changes: BTreeMap<String, Change> = BTreeMap::new();
     let mut lines = Lines::default();
     let mut timeline = Timeline::default();

@@ -13,7 +13,7 @@
 //! A batch loads the `order_totals` rows of its orders (one statement), folds its events in
 //! memory, and writes the changed rows and the per-day sums (two statements).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::NaiveDate;
 use events::ordering::OrderEvent;
@@ -38,9 +38,10 @@ struct Day {
 }
 
 /// Applies `events` (new ones only, each aggregate's in order) to the sales model.
-pub(crate) async fn apply(conn: &mut PgConnection, events: &[SourceEvent]) -> sqlx::Result<()> {
+pub(crate) async fn apply(conn: &mut PgConnection, events: &[&SourceEvent]) -> sqlx::Result<()> {
     let order_events: Vec<(&SourceEvent, &OrderEvent)> = events
         .iter()
+        .copied()
         .filter_map(|event| match &event.fact {
             Fact::Order(order) => Some((event, order)),
             _ => None,
@@ -49,14 +50,18 @@ pub(crate) async fn apply(conn: &mut PgConnection, events: &[SourceEvent]) -> sq
     if order_events.is_empty() {
         return Ok(());
     }
-    let ids: Vec<&str> = order_events
+    let ids: BTreeSet<&str> = order_events
         .iter()
         .map(|(e, _)| e.aggregate_id.as_str())
         .collect();
+    let ids: Vec<&str> = ids.into_iter().collect();
     type Row = (String, i64, String, Option<NaiveDate>, Option<NaiveDate>);
+    // A lookup per order: `order_id = ANY($1)` may be planned as a scan of the whole table
+    // comparing each row with every id, which grows with the table.
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT order_id, total_minor, currency, confirmed_on, cancelled_on FROM order_totals \
-         WHERE order_id = ANY($1)",
+        "SELECT t.order_id, t.total_minor, t.currency, t.confirmed_on, t.cancelled_on \
+         FROM unnest($1::text[]) AS k(id) \
+         CROSS JOIN LATERAL (SELECT * FROM order_totals WHERE order_id = k.id) t",
     )
     .bind(&ids)
     .fetch_all(&mut *conn)
