@@ -62,6 +62,12 @@ pub enum CheckKind {
     Relay,
     Consumer,
     Ticker,
+    /// A projection's live writer, with its lag per source stream.
+    Projection,
+    /// A NATS service's endpoints, e.g. the query service.
+    Service,
+    /// A JetStream key-value bucket.
+    Bucket,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -77,9 +83,12 @@ pub enum CheckState {
     Standby,
     /// A relay nobody runs, or a ticker whose last tick failed.
     Failing,
-    /// A consumer or ticker at work.
+    /// A consumer whose stream does not exist yet: it waits for the context that owns the
+    /// stream to start, and tries again.
+    Waiting,
+    /// A consumer, ticker, writer or service at work.
     Running,
-    /// A consumer or ticker that ended.
+    /// A consumer, ticker, writer or service that ended.
     Stopped,
 }
 

@@ -9,6 +9,9 @@
 //! stream it aimed at is unchanged. Each refusal is paired with the same user doing what it is
 //! allowed to, so that a test cannot pass on a connection that does nothing at all.
 //!
+//! Each context provisions only its own stream (and creates the dead letters if they are
+//! missing); its consumers on the other streams wait for their owners to start.
+//!
 //! The saga under least privilege ends by reading the server's log: a missing permission that
 //! a retry would hide (a consumer that cannot ack, a relay whose publish is dropped and tried
 //! again) still leaves its violation there.
@@ -21,13 +24,15 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{self, AckPolicy, pull};
 use async_nats::jetstream::response::Response;
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::{self, kv, stream};
 use async_nats::{Client, ConnectOptions, Event, ServerError};
 use bus::ConsumerSpec;
 use events::BoundedContext;
+use events::health::{CheckKind, CheckState, HealthReport};
 use events::naming::{DEAD_LETTER_STREAM, dead_letter_subject};
 use futures::StreamExt;
-use harness::NatsServer;
+use harness::{NatsServer, TestDatabase};
+use host::Settings;
 
 use crate::scenarios;
 use crate::system::{Options, PATIENCE, System};
@@ -300,6 +305,190 @@ async fn a_context_publishes_events_and_dead_letters_only_on_its_own_subjects() 
         BoundedContext::ALL.len() as u64,
         "the dead-letter stream holds only the contexts' own dead letters"
     );
+}
+
+/// The users that run services, which may change no stream but their own.
+const SERVICE_USERS: [&str; 7] = [
+    "ordering",
+    "inventory",
+    "payments",
+    "shipping",
+    "projections",
+    "notifications",
+    "gateway",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_context_provisions_its_stream_and_no_service_changes_another() {
+    let nats = SecureNats::start().await;
+    let nats = &nats;
+    // Each context provisions as its service does at start (twice: again changes nothing):
+    // its own stream, and the dead letters if they are missing, with nothing but a CREATE.
+    for context in BoundedContext::ALL {
+        let connection = nats.connect(context.name()).await;
+        for _ in 0..2 {
+            bus::provision::streams(&connection.js, std::slice::from_ref(&context.stream()), 1)
+                .await
+                .unwrap_or_else(|e| panic!("{context} cannot provision its own stream: {e:#}"));
+        }
+        assert!(connection.errors().is_empty(), "{:?}", connection.errors());
+    }
+
+    // Whatever any service asks of a stream that is not its own is refused: creating it (here
+    // with another configuration), updating it, deleting it. A context may create the dead
+    // letters (which exist: the same configuration again changes nothing) and no more.
+    let checks = SERVICE_USERS.map(|user| async move {
+        let connection = nats.connect(user).await;
+        let js = &connection.js;
+        let theirs: Vec<stream::Config> = BoundedContext::ALL
+            .into_iter()
+            .filter(|c| c.name() != user)
+            .map(|c| bus::provision::event_stream(&c.stream(), 1))
+            .chain([bus::provision::dead_letter_stream(1)])
+            .collect();
+        let a_context = BoundedContext::parse(user).is_some();
+        let attempts = theirs.iter().map(|config| async move {
+            let name = config.name.clone();
+            let changed = stream::Config {
+                description: Some(format!("changed by {user}")),
+                max_messages: 1,
+                ..config.clone()
+            };
+            let create = if a_context && name == DEAD_LETTER_STREAM {
+                let same = js.create_stream(config.clone()).await;
+                assert!(same.is_ok(), "{user} cannot create {name}: {same:?}");
+                None
+            } else {
+                Some(js.create_stream(changed.clone()).await.is_ok())
+            };
+            let update = js.update_stream(changed).await.is_ok();
+            let delete = js.delete_stream(&name).await.is_ok();
+            (name, create, update, delete)
+        });
+        for (name, create, update, delete) in futures::future::join_all(attempts).await {
+            let mut refused = vec!["UPDATE", "DELETE"];
+            if let Some(created) = create {
+                assert!(!created, "{user} created {name}");
+                refused.push("CREATE");
+            }
+            assert!(!update && !delete, "{user} updated or deleted {name}");
+            for operation in refused {
+                connection
+                    .refused_publish(&format!("$JS.API.STREAM.{operation}.{name}"))
+                    .await;
+            }
+        }
+    });
+    futures::future::join_all(checks).await;
+
+    let operator = nats.connect("operator").await;
+    let all = BoundedContext::ALL
+        .map(|c| bus::provision::event_stream(&c.stream(), 1))
+        .into_iter()
+        .chain([bus::provision::dead_letter_stream(1)]);
+    for expected in all {
+        let mut stream = operator
+            .js
+            .get_stream(&expected.name)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("{} was deleted: {e}", expected.name);
+            });
+        let config = stream.info().await.expect("stream info").config.clone();
+        assert_eq!(
+            (config.description, config.max_messages),
+            (expected.description, -1),
+            "{} keeps the configuration its owner gave it",
+            expected.name
+        );
+    }
+}
+
+/// Ordering started first on an empty server, as `System` starts the contexts in the secure
+/// saga tests below: the streams its consumers read do not exist yet. It starts all the same,
+/// its consumers wait for those streams and its health says so; each consumer starts once its
+/// stream's context has started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_context_started_before_the_streams_it_reads_waits_for_them() {
+    let nats = SecureNats::start().await;
+    let (ordering_db, inventory_db) = (
+        TestDatabase::create().await.expect("test database"),
+        TestDatabase::create().await.expect("test database"),
+    );
+    let settings = |context: BoundedContext, db: &TestDatabase| Settings {
+        context,
+        database_url: db.url(),
+        nats_url: nats.url(context.name()),
+        database_connections: 2,
+    };
+    let ordering = ordering::service::start(
+        &settings(BoundedContext::Ordering, &ordering_db),
+        chrono::Duration::seconds(60),
+    )
+    .await
+    .expect("ordering starts before the streams it reads exist");
+    let consumer_states = |report: &HealthReport| -> BTreeMap<String, (CheckState, String)> {
+        report
+            .checks
+            .iter()
+            .filter(|c| c.kind == CheckKind::Consumer)
+            .map(|c| {
+                let detail = c.detail.clone().unwrap_or_default();
+                (c.name.clone(), (c.state, detail))
+            })
+            .collect()
+    };
+    let waiting_for = |states: &BTreeMap<String, (CheckState, String)>, spec: &ConsumerSpec| {
+        let stream = spec.stream.name();
+        matches!(&states[&spec.name], (CheckState::Waiting, detail) if detail.contains(&stream))
+    };
+    let specs = consumers(BoundedContext::Ordering);
+    let all_waiting = harness::wait_until(
+        "ordering's consumers to wait for their streams",
+        PATIENCE,
+        || async {
+            let states = consumer_states(&ordering.health().await);
+            specs.iter().all(|spec| waiting_for(&states, spec))
+        },
+    )
+    .await;
+    let report = ordering.health().await;
+    assert!(all_waiting.is_ok(), "{report:#?}");
+    assert!(
+        !report.ready,
+        "ordering is ready without its consumers: {report:#?}"
+    );
+
+    let inventory = inventory::service::start(&settings(BoundedContext::Inventory, &inventory_db))
+        .await
+        .expect("inventory starts");
+    let from_inventory = specs
+        .iter()
+        .find(|spec| spec.stream == BoundedContext::Inventory.stream())
+        .expect("ordering reads inventory's stream");
+    let running = harness::wait_until(
+        "ordering's consumer of INVENTORY to start",
+        PATIENCE,
+        || async {
+            let states = consumer_states(&ordering.health().await);
+            states[&from_inventory.name].0 == CheckState::Running
+        },
+    )
+    .await;
+    let states = consumer_states(&ordering.health().await);
+    assert!(running.is_ok(), "{states:#?}");
+    // The others still wait: their contexts have not started.
+    for spec in specs.iter().filter(|spec| spec.name != from_inventory.name) {
+        assert!(waiting_for(&states, spec), "{}: {states:#?}", spec.name);
+    }
+    // Inventory's consumer of ORDERING found its stream at once.
+    let inventory_states = consumer_states(&inventory.health().await);
+    assert_eq!(
+        inventory_states["inventory-from-ordering"].0,
+        CheckState::Running,
+        "{inventory_states:#?}"
+    );
+    assert_eq!(logged_violations(nats.server()), Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -750,6 +939,10 @@ fn secure() -> Options {
     }
 }
 
+/// The contexts start in the "wrong" order, each as its own user on an empty server (`System`
+/// starts ordering, inventory, payments, shipping, one after the other, and nothing is
+/// provisioned for them): ordering starts before the streams it reads exist, and its consumers
+/// wait for them. The saga completes all the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_least_privilege_an_order_is_delivered_with_nothing_refused() {
     let system = System::start_with(secure()).await;

@@ -268,6 +268,18 @@ impl NatsServer {
             .with_context(|| format!("cannot connect to nats-server at {}", self.url()))
     }
 
+    /// Creates the four contexts' event streams, as each context creates its own when it
+    /// starts: a test that runs some contexts alone (or publishes events by hand) needs the
+    /// streams the others would have made.
+    pub async fn provision_event_streams(&self) -> Result<()> {
+        let js = async_nats::jetstream::new(self.connect().await?);
+        let streams: Vec<_> = events::BoundedContext::ALL
+            .iter()
+            .map(|context| context.stream())
+            .collect();
+        bus::provision::streams(&js, &streams, 1).await
+    }
+
     /// Kills the server (SIGKILL, like a crash) and waits for it to exit; the
     /// store dir is kept for [`restart`](Self::restart).
     pub async fn stop(&mut self) {

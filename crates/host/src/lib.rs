@@ -18,6 +18,10 @@
 //! of the request's `traceparent`; the events it appends carry the span's trace context, so
 //! the reactions they cause continue the caller's trace (see [`telemetry`]).
 //!
+//! A service that is not a context (the projections) reports its health and metrics with the
+//! same parts, keyed by its name: [`health::start_service`] and the checks of [`health`],
+//! [`http::listen`] for any [`http::Observed`], and [`metrics::Registry`].
+//!
 //! The host holds no domain logic; the context's crate does.
 
 pub mod health;
@@ -31,9 +35,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use async_nats::service::{Service, ServiceExt};
+use async_nats::service::Service;
 use bus::{Consumer, ConsumerSpec, Handler, Relay};
-use events::command::{CommandReply, QUEUE_GROUP, command_subject};
+use events::command::{CommandReply, command_subject};
 use events::{BoundedContext, Metadata, headers};
 use eventstore::{DeadlineHandler, Store, Ticker};
 use futures::StreamExt;
@@ -43,14 +47,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::health::Monitor;
-use crate::metrics::{Metrics, Scraper};
+use crate::metrics::{CommandMetrics, Metrics, Scraper};
 pub use health::{Check, CheckKind, CheckState, HealthReport, health_subject};
 pub use http::{
     former_http_addr_var, http_addr_from_env, http_addr_from_vars, http_addr_var, parse_http_addr,
 };
-
-/// Health requests answered at once, at most; more wait for a turn.
-const CONCURRENT_HEALTH_REQUESTS: usize = 8;
 
 /// A context's settings, read once from the environment. (The HTTP listener's address,
 /// `<CONTEXT>_HTTP_ADDR`, is read apart, by [`http_addr_from_env`], and given to
@@ -95,6 +96,45 @@ impl Settings {
     }
 }
 
+/// Runs one command request and answers it, in a span that the events it appends carry on.
+async fn answer<C: Commands>(
+    commands: &C,
+    context: &'static str,
+    name: &'static str,
+    subject: &str,
+    request: async_nats::service::Request,
+    metrics: &CommandMetrics,
+) {
+    let started = Instant::now();
+    let span = tracing::info_span!(
+        "command",
+        otel.name = %subject,
+        otel.kind = "server",
+        service = context,
+        command = name,
+        rejected = tracing::field::Empty,
+    );
+    let received = request_metadata(&request.message);
+    // The events the command appends carry this span's trace context.
+    let metadata = bus::traced(&span, &received).unwrap_or(received);
+    let reply = commands
+        .run(name, &request.message.payload, metadata)
+        .instrument(span.clone())
+        .await;
+    let rejected = match &reply {
+        CommandReply::Rejected { code, .. } => Some(code.as_str()),
+        CommandReply::Accepted { .. } => None,
+    };
+    if let Some(code) = rejected {
+        span.record("rejected", code);
+    }
+    metrics.answered(started, rejected);
+    let body = serde_json::to_vec(&reply).unwrap_or_default();
+    if let Err(e) = request.respond(Ok(body.into())).await {
+        tracing::warn!(endpoint = %subject, error = %e, "cannot reply");
+    }
+}
+
 /// A context's commands, answered over NATS request/reply.
 pub trait Commands: Send + Sync + 'static {
     /// The command names, each an endpoint `chorus.<context>.<name>`.
@@ -133,7 +173,7 @@ impl Host {
         let context = settings.context;
         let metrics = Arc::new(Metrics::new(context).context("cannot register the metrics")?);
         let database_var = format!("{}_DATABASE_URL", context.name().to_uppercase());
-        let instance = instance_name(context);
+        let instance = health::instance_name(context.name());
         let options: PgConnectOptions = settings
             .database_url
             .parse()
@@ -157,8 +197,9 @@ impl Host {
             .await
             .context("NATS_URL")?;
         let js = async_nats::jetstream::new(client.clone());
-        let streams: Vec<_> = BoundedContext::ALL.iter().map(|c| c.stream()).collect();
-        bus::provision::streams(&js, &streams, 1).await?;
+        // Its own stream and the dead letters only: the other streams are their contexts',
+        // and the consumers on them wait for them (see `react`).
+        bus::provision::streams(&js, std::slice::from_ref(&context.stream()), 1).await?;
 
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
@@ -170,14 +211,6 @@ impl Host {
             ("relay".to_owned(), Ok(()))
         });
 
-        let name = context.name();
-        let service = client
-            .service_builder()
-            .description(format!("The {name} context: its commands and its health"))
-            .queue_group(QUEUE_GROUP)
-            .start(name, env!("CARGO_PKG_VERSION"))
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot start the {name} NATS service: {e}"))?;
         let monitor = Monitor::new(
             context,
             instance,
@@ -186,32 +219,23 @@ impl Host {
             js.clone(),
             shutdown.clone(),
         );
-        let subject = health_subject(context);
-        let endpoint = service
-            .endpoint_builder()
-            .name(health::HEALTH_ENDPOINT)
-            .add(&subject)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot add endpoint {subject}: {e}"))?;
-        let answering = monitor.clone();
-        let token = shutdown.clone();
-        tasks.spawn(async move {
-            endpoint
-                .take_until(token.cancelled_owned())
-                .for_each_concurrent(CONCURRENT_HEALTH_REQUESTS, |request| {
-                    let (answering, subject) = (&answering, &subject);
-                    async move {
-                        let report = answering.report().await;
-                        let body = serde_json::to_vec(&report).unwrap_or_default();
-                        if let Err(e) = request.respond(Ok(body.into())).await {
-                            tracing::warn!(endpoint = %subject, error = %e, "cannot reply");
-                        }
-                    }
-                })
-                .await;
-            (format!("endpoint {subject}"), Ok(()))
-        });
         let scraper = Scraper::new(Arc::clone(&metrics), store.clone(), js.clone());
+        let sources = Sources {
+            monitor: monitor.clone(),
+            scraper: scraper.clone(),
+        };
+        let (service, answering) = health::start_service(
+            &client,
+            context.name(),
+            format!("The {context} context: its commands and its health"),
+            sources,
+            shutdown.clone(),
+        )
+        .await?;
+        tasks.spawn(async move {
+            answering.await;
+            (format!("endpoint {}", health_subject(context)), Ok(()))
+        });
         Ok(Self {
             context,
             store,
@@ -254,41 +278,52 @@ impl Host {
     /// the host stops. Returns the address it listens on (with port 0, the port the system
     /// chose). An address it cannot listen on fails here, naming `<CONTEXT>_HTTP_ADDR`.
     pub async fn listen_http(&mut self, addr: SocketAddr) -> anyhow::Result<SocketAddr> {
-        let listener = http::bind(self.context, addr).await?;
-        let local = listener.local_addr().with_context(|| {
-            format!(
-                "cannot listen for HTTP on {addr} ({})",
-                http_addr_var(self.context)
-            )
-        })?;
-        tracing::info!(context = %self.context, addr = %local, "serving /healthz, /readyz and /metrics");
-        let serving = http::serve(
-            listener,
-            self.monitor.clone(),
-            self.scraper.clone(),
-            self.shutdown.clone(),
-        );
+        let sources = Sources {
+            monitor: self.monitor.clone(),
+            scraper: self.scraper.clone(),
+        };
+        let (local, serving) =
+            http::listen(self.context, addr, sources, self.shutdown.clone()).await?;
         self.tasks
             .spawn(async move { (format!("HTTP listener {local}"), serving.await) });
         Ok(local)
     }
 
-    /// Runs `handler` on each of the durable consumers `specs`.
+    /// Runs `handler` on each of the durable consumers `specs`. A consumer whose stream does
+    /// not exist yet (its context has not started) waits for it, and its check says so
+    /// ([`CheckState::Waiting`], not ready) until the stream is there.
     pub fn react<H: Handler>(&mut self, specs: Vec<ConsumerSpec>, handler: Arc<H>) {
         for spec in specs {
             let name = spec.name.clone();
             let health = self.monitor.register(CheckKind::Consumer, &name);
             self.scraper.add_consumer(&spec.stream.name(), &name);
+            let js = self.js.clone();
             let consumer = Consumer::new(
                 self.store.clone(),
                 self.js.clone(),
-                spec,
+                spec.clone(),
                 Arc::clone(&handler),
             )
             .with_observer(self.metrics.consumer(&name));
             let token = self.shutdown.clone();
             self.tasks.spawn(async move {
-                let outcome = consumer.run(token).await;
+                let waiting = health.clone();
+                let found = bus::provision::consumer_when_stream_exists(&js, &spec, |why| {
+                    waiting.set(CheckState::Waiting, Some(why));
+                });
+                let found = tokio::select! {
+                    () = token.cancelled() => Ok(None),
+                    found = found => found.map(Some),
+                };
+                let outcome = match found {
+                    // The runtime creates the consumer again (which changes nothing) and pulls.
+                    Ok(Some(_)) => {
+                        health.set(CheckState::Running, None);
+                        consumer.run(token).await
+                    }
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e),
+                };
                 let detail = match &outcome {
                     Ok(()) => "stopped".to_owned(),
                     Err(e) => format!("{e:#}"),
@@ -354,34 +389,7 @@ impl Host {
                             None => break,
                         },
                     };
-                    let started = Instant::now();
-                    let span = tracing::info_span!(
-                        "command",
-                        otel.name = %subject,
-                        otel.kind = "server",
-                        service = context,
-                        command = *name,
-                        rejected = tracing::field::Empty,
-                    );
-                    let received = request_metadata(&request.message);
-                    // The events the command appends carry this span's trace context.
-                    let metadata = bus::traced(&span, &received).unwrap_or(received);
-                    let reply = commands
-                        .run(name, &request.message.payload, metadata)
-                        .instrument(span.clone())
-                        .await;
-                    let rejected = match &reply {
-                        CommandReply::Rejected { code, .. } => Some(code.as_str()),
-                        CommandReply::Accepted { .. } => None,
-                    };
-                    if let Some(code) = rejected {
-                        span.record("rejected", code);
-                    }
-                    metrics.answered(started, rejected);
-                    let body = serde_json::to_vec(&reply).unwrap_or_default();
-                    if let Err(e) = request.respond(Ok(body.into())).await {
-                        tracing::warn!(endpoint = %subject, error = %e, "cannot reply");
-                    }
+                    answer(&*commands, context, name, &subject, request, &metrics).await;
                 }
                 (format!("endpoint {subject}"), Ok(()))
             });
@@ -437,13 +445,21 @@ impl Host {
     }
 }
 
-/// A name for this instance of `context`'s service: `chorus-<context>-<pid>-<random>`,
-/// unique among instances on one host and, by its random part, across hosts.
-fn instance_name(context: BoundedContext) -> String {
-    let random = uuid::Uuid::now_v7().simple().to_string();
-    // The last hex digits of a v7 id are random.
-    let suffix = &random[random.len() - 8..];
-    format!("chorus-{}-{}-{suffix}", context.name(), std::process::id())
+/// What a host answers its probes and scrapes from.
+#[derive(Debug, Clone)]
+struct Sources {
+    monitor: Monitor,
+    scraper: Scraper,
+}
+
+impl http::Observed for Sources {
+    async fn health(&self) -> HealthReport {
+        self.monitor.report().await
+    }
+
+    async fn metrics(&self) -> String {
+        self.scraper.scrape().await
+    }
 }
 
 /// Correlation and trace context from a request's headers.

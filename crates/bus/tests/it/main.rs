@@ -7,7 +7,9 @@
 
 mod consumer;
 mod observers;
+mod provision;
 mod relay;
+mod tls;
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -32,6 +32,9 @@ impl Catalogue {
         let stop = service.shutdown_token();
         tokio::spawn(service.run(std::future::pending()));
         let client = bus::connect(&nats.url(), "test").await.unwrap();
+        // The other contexts' streams: each service provisions only its own, and the
+        // projections read all four.
+        nats.provision_event_streams().await.unwrap();
         let command = |name: &str, body: serde_json::Value| {
             let client = client.clone();
             let subject = command_subject("inventory", name);

@@ -39,6 +39,8 @@ struct Service {
 impl Service {
     async fn start() -> Self {
         let nats = NatsServer::start().await.unwrap();
+        // The streams this context reads, which the other contexts would create.
+        nats.provision_event_streams().await.unwrap();
         let db = TestDatabase::create().await.unwrap();
         let settings = host::Settings {
             context: BoundedContext::Ordering,

@@ -19,6 +19,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[tokio::test]
 async fn the_service_runs_its_durable_consumers_and_stops_cleanly() {
     let nats = NatsServer::start().await.unwrap();
+    // The streams this context reads, which the other contexts would create.
+    nats.provision_event_streams().await.unwrap();
     let db = TestDatabase::create().await.unwrap();
     let settings = Settings {
         context: BoundedContext::Payments,
