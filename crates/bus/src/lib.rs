@@ -1,6 +1,7 @@
 //! Chorus on NATS JetStream: what carries events from one context's store to another's.
 //!
-//! - [`connect`]: a client, refusing a nats-server older than 2.12.
+//! - [`connect`]: a client, refusing a nats-server older than 2.12, over TLS with a private CA
+//!   or a client certificate when [`Tls`] says so.
 //! - [`provision`]: streams and durable consumers, created or updated from definitions in code.
 //! - [`Relay`]: drains a context's outbox into its stream, with `Nats-Msg-Id` = event id, one
 //!   active relay per store (a PostgreSQL advisory lock), per-aggregate order kept.
@@ -21,7 +22,8 @@ pub mod provision;
 mod relay;
 
 pub use connect::{
-    MIN_SERVER_VERSION, check_server_version, connect, options as connect_options, redact,
+    MIN_SERVER_VERSION, TLS_CA_VAR, TLS_CERT_VAR, TLS_KEY_VAR, Tls, check_server_version, connect,
+    connect_with, options as connect_options, redact,
 };
 pub use consumer::{
     Backoff, Consumer, ConsumerObserver, ConsumerSpec, Handler, HandlerError, MessageOutcome,

@@ -44,13 +44,15 @@ impl NatsArgs {
     }
 
     /// Connects once (no retry on the initial connect, a short timeout) and refuses a server
-    /// older than 2.12, as `bus::connect` does for the services.
+    /// older than 2.12, as `bus::connect` does for the services, with the same TLS variables
+    /// (`NATS_TLS_CA`, `NATS_TLS_CERT`, `NATS_TLS_KEY`).
     pub async fn connect(&self) -> anyhow::Result<async_nats::jetstream::Context> {
         let url = self.url();
         let check = "is nats-server running there? Set --nats-url or NATS_URL \
                      (`chorus dev` serves nats://127.0.0.1:4300)";
         let shown = bus::redact(url);
-        let client = bus::connect_options(url)
+        let client = bus::Tls::from_env()?
+            .apply(bus::connect_options(url))
             .name("chorus-cli")
             .connection_timeout(CONNECT_TIMEOUT)
             .connect(url)
