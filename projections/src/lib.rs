@@ -19,6 +19,8 @@
 //! depend on another's tables. Nothing here writes to an event store or publishes events
 //! (except poison messages, copied to the dead-letter stream).
 
+mod health;
+mod metrics;
 mod model;
 mod projection;
 mod query;

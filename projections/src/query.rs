@@ -138,8 +138,8 @@ impl Queries {
         Self { pool, js, advances }
     }
 
-    /// The JSON reply to `body` on `endpoint`.
-    pub(crate) async fn answer(&self, endpoint: &str, body: &[u8]) -> Vec<u8> {
+    /// The JSON reply to `body` on `endpoint`, and its outcome (see [`outcome`]).
+    pub(crate) async fn answer(&self, endpoint: &str, body: &[u8]) -> (Vec<u8>, &'static str) {
         match endpoint {
             "order" => encode(self.order(body).await),
             "orders" => encode(self.orders(body).await),
@@ -635,9 +635,24 @@ fn unavailable<R>(result: sqlx::Result<Reply<R>>) -> Reply<R> {
     result.unwrap_or_else(database_down)
 }
 
-fn encode<T: Serialize>(reply: Reply<T>) -> Vec<u8> {
+fn encode<T: Serialize>(reply: Reply<T>) -> (Vec<u8>, &'static str) {
     // Replies are plain data (string keys only); serialising cannot fail.
-    serde_json::to_vec(&reply).unwrap_or_default()
+    (
+        serde_json::to_vec(&reply).unwrap_or_default(),
+        outcome(&reply),
+    )
+}
+
+/// How a query ended, as its metrics count it: `found`, `not_found`, `not_yet`, or the code
+/// of a rejection (`invalid_request`, `unavailable`).
+fn outcome<T>(reply: &Reply<T>) -> &'static str {
+    match reply {
+        Reply::Found(_) => "found",
+        Reply::NotFound => "not_found",
+        Reply::NotYet { .. } => "not_yet",
+        Reply::Rejected { code, .. } if code == "unavailable" => "unavailable",
+        Reply::Rejected { .. } => "invalid_request",
+    }
 }
 
 fn state(status: Option<&str>) -> OrderState {

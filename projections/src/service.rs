@@ -1,32 +1,46 @@
 //! The projections service: the three live writers and the query service, in one process.
 //!
 //! [`start`] connects to the projections database and NATS, creates the live schemas that do
-//! not exist yet, provisions the contexts' streams (so that it can start before the contexts
-//! do), and starts a writer per projection, the listener that wakes read-your-writes queries,
+//! not exist yet, and starts a writer per projection, the listener that wakes read-your-writes queries,
 //! and the query endpoints. [`Service::run`] runs until told to stop or until a task fails,
 //! then stops in order: writers finish and commit the batch in hand.
 //!
+//! It provisions no stream (its NATS user may not): each context creates its own. Started
+//! before a context, a writer finds that context's stream missing, fails its session and
+//! starts again after a pause until the stream is there.
+//!
 //! Several instances may run: the writers stand by behind their locks, the query endpoints
 //! share the load through their queue group.
+//!
+//! The service reports its health on `chorus.projections.health` (the NATS service
+//! `projections`) and, with [`Service::listen_http`], on `GET /readyz`, next to `GET /metrics`
+//! (see the private `health` and `metrics` modules). Each query is answered in a span
+//! (`query`), a child of the request's `traceparent`.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_nats::service::ServiceExt;
-use events::BoundedContext;
 use events::command::QUEUE_GROUP;
 use events::query::{ENDPOINTS, SERVICE, query_subject};
 use futures::StreamExt;
+use host::health::{CheckKind, CheckState, HealthReport, Tasks};
+use host::http::Observed as _;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
+pub use crate::health::NAME;
+use crate::health::Observer;
+use crate::metrics::Metrics;
 use crate::projection::{Projection, create_schema, ddl_lock};
 use crate::query::{Advances, Queries};
-use crate::runner::{DEFAULT_BATCH_SIZE, Runner};
+use crate::runner::{DEFAULT_BATCH_SIZE, Runner, follow_headers};
 
 /// The setting of the projections database.
 pub const DATABASE_URL_VAR: &str = "PROJECTIONS_DATABASE_URL";
@@ -34,6 +48,9 @@ pub const DATABASE_URL_VAR: &str = "PROJECTIONS_DATABASE_URL";
 pub const DATABASE_CONNECTIONS_VAR: &str = "PROJECTIONS_DATABASE_CONNECTIONS";
 /// The setting of the batch size of the writers.
 pub const BATCH_SIZE_VAR: &str = "PROJECTIONS_BATCH_SIZE";
+/// The setting of the HTTP listener (`/healthz`, `/readyz`, `/metrics`), read by the binary
+/// with `host::http_addr_from_env` and given to [`Service::listen_http`].
+pub const HTTP_ADDR_VAR: &str = "PROJECTIONS_HTTP_ADDR";
 
 /// The service's settings, read once from the environment.
 #[derive(Debug, Clone)]
@@ -82,6 +99,9 @@ impl Settings {
 pub struct Service {
     pool: PgPool,
     client: async_nats::Client,
+    /// The NATS service `projections`: its health endpoint.
+    health_service: async_nats::service::Service,
+    observer: Observer,
     shutdown: CancellationToken,
     tasks: JoinSet<(String, anyhow::Result<()>)>,
 }
@@ -102,11 +122,19 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Service> {
         .await
         .context("NATS_URL")?;
     let js = async_nats::jetstream::new(client.clone());
-    let streams: Vec<_> = BoundedContext::ALL.iter().map(|c| c.stream()).collect();
-    bus::provision::streams(&js, &streams, 1).await?;
 
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
+    let observer = Observer {
+        instance: host::health::instance_name(NAME),
+        pool: pool.clone(),
+        client: client.clone(),
+        js: js.clone(),
+        tasks: Tasks::default(),
+        metrics: Arc::new(Metrics::new().context("cannot register the metrics")?),
+        shutdown: shutdown.clone(),
+        sampling: Arc::default(),
+    };
     for projection in Projection::ALL {
         let runner = Runner::new(
             pool.clone(),
@@ -115,10 +143,15 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Service> {
             projection.schema().to_owned(),
             settings.batch_size,
             true,
-        );
+        )
+        .with_metrics(Arc::new(observer.metrics.writer(projection)));
         let token = shutdown.clone();
+        let health = observer
+            .tasks
+            .register(CheckKind::Projection, projection.name());
         tasks.spawn(async move {
             runner.run_live(token).await;
+            health.set(CheckState::Stopped, Some("stopped".to_owned()));
             (format!("writer {projection}"), Ok(()))
         });
     }
@@ -139,6 +172,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Service> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the query service: {e}"))?;
     let service = Arc::new(service);
+    let query_health = observer.tasks.register(CheckKind::Service, SERVICE);
     for name in ENDPOINTS {
         let subject = query_subject(name);
         let mut endpoint = service
@@ -150,6 +184,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Service> {
         let queries = Arc::clone(&queries);
         let token = shutdown.clone();
         let service = Arc::clone(&service);
+        let (health, metrics) = (query_health.clone(), Arc::clone(&observer.metrics));
         tasks.spawn(async move {
             // Keeps the service (and its stats) alive as long as an endpoint runs.
             let _service = service;
@@ -167,23 +202,61 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Service> {
                 };
                 let queries = Arc::clone(&queries);
                 let subject = subject.clone();
-                answering.spawn(async move {
-                    let body = queries.answer(name, &request.message.payload).await;
+                let metrics = Arc::clone(&metrics);
+                let started = Instant::now();
+                let span = query_span(&subject, name, &request.message);
+                let answer = async move {
+                    let (body, outcome) = queries.answer(name, &request.message.payload).await;
+                    tracing::Span::current().record("outcome", outcome);
+                    metrics.answered(name, outcome, started);
                     if let Err(e) = request.respond(Ok(body.into())).await {
                         tracing::warn!(endpoint = %subject, error = %e, "cannot reply");
                     }
-                });
+                };
+                answering.spawn(answer.instrument(span));
             }
             while answering.join_next().await.is_some() {}
+            health.set(
+                CheckState::Stopped,
+                Some(format!("endpoint {subject} stopped")),
+            );
             (format!("endpoint {subject}"), Ok(()))
         });
     }
+    let (health_service, answering) = host::health::start_service(
+        &client,
+        NAME,
+        "The projections: their writers, the query service and their health".to_owned(),
+        observer.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+    tasks.spawn(async move {
+        answering.await;
+        ("health endpoint".to_owned(), Ok(()))
+    });
     Ok(Service {
         pool,
         client,
+        health_service,
+        observer,
         shutdown,
         tasks,
     })
+}
+
+/// The span of a query, a child of the trace context in the request's headers.
+fn query_span(subject: &str, name: &str, message: &async_nats::Message) -> tracing::Span {
+    let span = tracing::info_span!(
+        "query",
+        otel.name = %subject,
+        otel.kind = "server",
+        service = NAME,
+        query = name,
+        outcome = tracing::field::Empty,
+    );
+    follow_headers(&span, message.headers.as_ref());
+    span
 }
 
 /// Creates the live schema of every projection that has none.
@@ -214,6 +287,23 @@ impl Service {
         self.shutdown.clone()
     }
 
+    /// The service's health now, as `chorus.projections.health` answers it.
+    pub async fn health(&self) -> HealthReport {
+        self.observer.health().await
+    }
+
+    /// Serves `GET /healthz`, `GET /readyz` and `GET /metrics` on `addr` (see `host::http`)
+    /// until the service stops. Returns the address it listens on (with port 0, the port the
+    /// system chose). An address it cannot listen on fails here, naming
+    /// `PROJECTIONS_HTTP_ADDR`.
+    pub async fn listen_http(&mut self, addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+        let (local, serving) =
+            host::http::listen(NAME, addr, self.observer.clone(), self.shutdown.clone()).await?;
+        self.tasks
+            .spawn(async move { (format!("HTTP listener {local}"), serving.await) });
+        Ok(local)
+    }
+
     /// Runs until `stop` completes or a task fails, then stops every task in order.
     pub async fn run(mut self, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
         tracing::info!("projections running");
@@ -229,6 +319,9 @@ impl Service {
             },
         };
         self.shutdown.cancel();
+        if let Err(e) = self.health_service.stop().await {
+            tracing::warn!(error = %e, "cannot stop the NATS service");
+        }
         let drain = async {
             while let Some(done) = self.tasks.join_next().await {
                 if let Ok((name, Err(e))) = done {
@@ -281,6 +374,11 @@ mod tests {
         assert_eq!(s.nats_url, "nats://127.0.0.1:4222");
         assert_eq!(s.database_connections, 8);
         assert_eq!(s.batch_size, DEFAULT_BATCH_SIZE);
+    }
+
+    #[test]
+    fn the_http_listener_is_named_after_the_service() {
+        assert_eq!(host::http_addr_var(NAME), HTTP_ADDR_VAR);
     }
 
     #[test]

@@ -551,6 +551,16 @@ fn compose_sets_only_variables_the_services_read() {
         if program == "ordering" {
             assert!(read.contains(ordering::service::PAYMENT_TIMEOUT_VAR));
         }
+        // The services that are not contexts listen on their own <SERVICE>_HTTP_ADDR.
+        for (service, name) in [
+            ("chorus-projections", "projections"),
+            ("chorus-notifications", "notifications"),
+        ] {
+            if program == service {
+                let http = host::http_addr_var(name);
+                assert!(read.contains(&http), "{program}: the scan misses {http}");
+            }
+        }
         for var in s.environment.keys() {
             assert!(
                 read.contains(var),

@@ -21,17 +21,20 @@ impl std::fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
-/// Sets up logging (stderr, `RUST_LOG` or `default_filter`), runs `command` on a
-/// multi-threaded runtime, and turns its outcome into the exit status.
+/// Sets up logs and traces as the services do (`host::telemetry`: stderr, `RUST_LOG` or
+/// `default_filter`, `CHORUS_LOG_FORMAT`, and OTLP export when `OTEL_EXPORTER_OTLP_ENDPOINT`
+/// is set, so that `chorus dev` traces the services it runs like their binaries), runs
+/// `command` on a multi-threaded runtime, exports the last spans, and turns its outcome into
+/// the exit status.
 pub fn run(default_filter: &str, command: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| format!("{default_filter},sqlx=warn").into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let telemetry =
+        match host::telemetry::init_with_filter("chorus", &format!("{default_filter},sqlx=warn")) {
+            Ok(telemetry) => telemetry,
+            Err(e) => {
+                eprintln!("chorus: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -42,6 +45,7 @@ pub fn run(default_filter: &str, command: impl Future<Output = anyhow::Result<()
     let outcome = runtime.block_on(command);
     // Tasks left behind (a connection's reader) must not hold the exit back.
     runtime.shutdown_background();
+    telemetry.shutdown();
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -10,6 +10,9 @@
 //! ticker then fires the deadlines one by one, as the consumer runtime does with a batch of
 //! messages, so that this one fails like any other failed firing and the others fire.
 //!
+//! Each firing runs in a span (`deadline`, with its kind and key), the root of a trace: the
+//! trace of the events that scheduled it is not kept with the deadline.
+//!
 //! Several instances may tick at once: a ticker claims the deadlines it fires (moving them a
 //! lease ahead, skipping those another ticker holds), so a deadline fires once unless its
 //! firing outlasts the lease.
@@ -20,6 +23,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::store::{Store, StoreError};
 use crate::unit_of_work::UnitOfWork;
@@ -315,7 +319,23 @@ impl<H: DeadlineHandler> Ticker<H> {
             let mark = uow.mark();
             // Removed first, so that a handler may schedule the same deadline again.
             uow.cancel_deadline(&deadline.kind, &deadline.key);
-            if let Err(error) = self.handler.fire(&mut uow, deadline, now).await {
+            // The trace context of the events that set the deadline is not stored with it: a
+            // firing is the root of a trace of its own, named by its kind and key.
+            let span = tracing::info_span!(
+                "deadline",
+                otel.name = %format!("deadline {}", deadline.kind),
+                kind = %deadline.kind,
+                key = %deadline.key,
+                attempts = deadline.attempts,
+                error = tracing::field::Empty,
+            );
+            let fired = self
+                .handler
+                .fire(&mut uow, deadline, now)
+                .instrument(span.clone())
+                .await;
+            if let Err(error) = fired {
+                span.record("error", error.as_str());
                 uow.rollback_to(mark);
                 failed.push((deadline, error));
             }

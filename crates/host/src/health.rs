@@ -19,22 +19,87 @@
 //!
 //! The service is ready when every check is, and not while it is stopping. The same report is
 //! served over NATS (`chorus.<context>.health`) and over HTTP (`GET /readyz`, see [`crate::http`]).
+//!
+//! A service that is not a context (the projections) puts its report together from the same
+//! parts: [`database`], [`jetstream`], [`Tasks`] for what its tasks say of themselves,
+//! [`report`], and [`start_service`] to answer `chorus.<service>.health`.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::connection::State as ConnectionState;
+use async_nats::service::{Service, ServiceExt as _};
 use events::BoundedContext;
+use events::command::{QUEUE_GROUP, command_subject};
 pub use events::health::{
     Check, CheckKind, CheckState, HEALTH_ENDPOINT, HealthReport, health_subject,
 };
 use eventstore::Store;
+use futures::StreamExt as _;
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+
+use crate::http::Observed;
 
 /// How long the database and the JetStream checks may take before they count as failed.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// What the host's tasks report about themselves.
+/// Health requests answered at once, at most; more wait for a turn.
+const CONCURRENT_HEALTH_REQUESTS: usize = 8;
+
+/// A name for this instance of `service`: `chorus-<service>-<pid>-<random>`, unique among
+/// instances on one host and, by its random part, across hosts.
+pub fn instance_name(service: &str) -> String {
+    let random = uuid::Uuid::now_v7().simple().to_string();
+    // The last hex digits of a v7 id are random.
+    let suffix = &random[random.len() - 8..];
+    format!("chorus-{service}-{}-{suffix}", std::process::id())
+}
+
+/// Starts the NATS service `name` (queue group `chorus`) with its health endpoint
+/// `chorus.<name>.health`, answered from `observed`. Returns the service, for more endpoints,
+/// and the task that answers health requests until `shutdown`.
+pub async fn start_service<O: Observed>(
+    client: &async_nats::Client,
+    name: &str,
+    description: String,
+    observed: O,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(Service, impl Future<Output = ()> + Send + 'static)> {
+    let service = client
+        .service_builder()
+        .description(description)
+        .queue_group(QUEUE_GROUP)
+        .start(name, env!("CARGO_PKG_VERSION"))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start the {name} NATS service: {e}"))?;
+    let subject = command_subject(name, HEALTH_ENDPOINT);
+    let endpoint = service
+        .endpoint_builder()
+        .name(HEALTH_ENDPOINT)
+        .add(&subject)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot add endpoint {subject}: {e}"))?;
+    let answering = async move {
+        endpoint
+            .take_until(shutdown.cancelled_owned())
+            .for_each_concurrent(CONCURRENT_HEALTH_REQUESTS, |request| {
+                let (observed, subject) = (&observed, &subject);
+                async move {
+                    let report = observed.health().await;
+                    let body = serde_json::to_vec(&report).unwrap_or_default();
+                    if let Err(e) = request.respond(Ok(body.into())).await {
+                        tracing::warn!(endpoint = %subject, error = %e, "cannot reply");
+                    }
+                }
+            })
+            .await;
+    };
+    Ok((service, answering))
+}
+
+/// What a task reports about itself.
 #[derive(Debug)]
 struct TaskStatus {
     kind: CheckKind,
@@ -46,14 +111,14 @@ struct TaskStatus {
 
 /// A task's handle to report its state.
 #[derive(Debug, Clone)]
-pub(crate) struct TaskReporter {
+pub struct TaskReporter {
     tasks: Arc<Mutex<Vec<TaskStatus>>>,
     index: usize,
 }
 
 impl TaskReporter {
     /// Records the task's state; the time it entered it changes only with the state.
-    pub(crate) fn set(&self, state: CheckState, detail: Option<String>) {
+    pub fn set(&self, state: CheckState, detail: Option<String>) {
         let mut tasks = lock(&self.tasks);
         if let Some(task) = tasks.get_mut(self.index) {
             if task.state != state {
@@ -72,6 +137,123 @@ fn lock(tasks: &Mutex<Vec<TaskStatus>>) -> std::sync::MutexGuard<'_, Vec<TaskSta
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// The tasks of a service that report their own state (consumers, tickers, writers).
+#[derive(Debug, Clone, Default)]
+pub struct Tasks {
+    tasks: Arc<Mutex<Vec<TaskStatus>>>,
+}
+
+impl Tasks {
+    /// Adds a task to the report, running.
+    pub fn register(&self, kind: CheckKind, name: &str) -> TaskReporter {
+        let mut tasks = lock(&self.tasks);
+        tasks.push(TaskStatus {
+            kind,
+            name: name.to_owned(),
+            state: CheckState::Running,
+            detail: None,
+            since: Instant::now(),
+        });
+        TaskReporter {
+            tasks: Arc::clone(&self.tasks),
+            index: tasks.len() - 1,
+        }
+    }
+
+    /// A check per task, as it last reported itself.
+    pub fn checks(&self) -> Vec<Check> {
+        let now = Instant::now();
+        lock(&self.tasks)
+            .iter()
+            .map(|task| Check {
+                kind: task.kind,
+                name: task.name.clone(),
+                state: task.state,
+                ready: task.state.is_ready(),
+                detail: task.detail.clone(),
+                duration_ms: 0.0,
+                since_ms: Some(
+                    u64::try_from(now.duration_since(task.since).as_millis()).unwrap_or(u64::MAX),
+                ),
+            })
+            .collect()
+    }
+}
+
+/// The report of `service`'s `instance`, from `checks` made since `started`: ready when every
+/// check is and the service is not stopping.
+pub fn report(
+    service: &str,
+    instance: &str,
+    stopping: bool,
+    started: Instant,
+    checks: Vec<Check>,
+) -> HealthReport {
+    HealthReport {
+        context: service.to_owned(),
+        instance: instance.to_owned(),
+        ready: !stopping && checks.iter().all(|c| c.ready),
+        stopping,
+        duration_ms: millis(started.elapsed()),
+        checks,
+    }
+}
+
+/// `SELECT 1` on `pool` within [`PROBE_TIMEOUT`]; the check is named after the database.
+pub async fn database(pool: &PgPool) -> Check {
+    let started = Instant::now();
+    let name = pool
+        .connect_options()
+        .get_database()
+        .unwrap_or("database")
+        .to_owned();
+    let ping = sqlx::query("SELECT 1").execute(pool);
+    let (state, detail) = match tokio::time::timeout(PROBE_TIMEOUT, ping).await {
+        Ok(Ok(_)) => (CheckState::Up, None),
+        Ok(Err(e)) => (CheckState::Down, Some(e.to_string())),
+        Err(_) => (CheckState::Down, Some(no_answer())),
+    };
+    check(CheckKind::Database, name, state, detail, started)
+}
+
+/// The NATS connection is up and `stream` answers for its info within [`PROBE_TIMEOUT`].
+pub async fn jetstream(
+    client: &async_nats::Client,
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+) -> Check {
+    let started = Instant::now();
+    let name = stream.to_owned();
+    let connection = client.connection_state();
+    if connection != ConnectionState::Connected {
+        let detail = format!("the NATS connection is {connection}");
+        return check(
+            CheckKind::Jetstream,
+            name,
+            CheckState::Down,
+            Some(detail),
+            started,
+        );
+    }
+    // Getting the stream asks the server for its info.
+    let info = async {
+        let stream = js.get_stream(stream).await?;
+        anyhow::Ok(stream.cached_info().state.clone())
+    };
+    let (state, detail) = match tokio::time::timeout(PROBE_TIMEOUT, info).await {
+        Ok(Ok(stream)) => (
+            CheckState::Up,
+            Some(format!(
+                "{} messages, last sequence {}",
+                stream.messages, stream.last_sequence
+            )),
+        ),
+        Ok(Err(e)) => (CheckState::Down, Some(format!("{e:#}"))),
+        Err(_) => (CheckState::Down, Some(no_answer())),
+    };
+    check(CheckKind::Jetstream, name, state, detail, started)
+}
+
 /// Puts health reports together for one host.
 #[derive(Debug, Clone)]
 pub(crate) struct Monitor {
@@ -81,7 +263,7 @@ pub(crate) struct Monitor {
     client: async_nats::Client,
     js: async_nats::jetstream::Context,
     shutdown: CancellationToken,
-    tasks: Arc<Mutex<Vec<TaskStatus>>>,
+    tasks: Tasks,
 }
 
 impl Monitor {
@@ -100,103 +282,32 @@ impl Monitor {
             client,
             js,
             shutdown,
-            tasks: Arc::default(),
+            tasks: Tasks::default(),
         }
     }
 
     /// Adds a task to the report, running.
     pub(crate) fn register(&self, kind: CheckKind, name: &str) -> TaskReporter {
-        let mut tasks = lock(&self.tasks);
-        tasks.push(TaskStatus {
-            kind,
-            name: name.to_owned(),
-            state: CheckState::Running,
-            detail: None,
-            since: Instant::now(),
-        });
-        TaskReporter {
-            tasks: Arc::clone(&self.tasks),
-            index: tasks.len() - 1,
-        }
+        self.tasks.register(kind, name)
     }
 
     pub(crate) async fn report(&self) -> HealthReport {
         let started = Instant::now();
-        let (database, jetstream, relay) =
-            tokio::join!(self.database(), self.jetstream(), self.relay());
+        let stream = self.context.stream().name();
+        let (database, jetstream, relay) = tokio::join!(
+            database(self.store.pool()),
+            jetstream(&self.client, &self.js, &stream),
+            self.relay()
+        );
         let mut checks = vec![database, jetstream, relay];
-        let now = Instant::now();
-        checks.extend(lock(&self.tasks).iter().map(|task| Check {
-            kind: task.kind,
-            name: task.name.clone(),
-            state: task.state,
-            ready: task.state.is_ready(),
-            detail: task.detail.clone(),
-            duration_ms: 0.0,
-            since_ms: Some(
-                u64::try_from(now.duration_since(task.since).as_millis()).unwrap_or(u64::MAX),
-            ),
-        }));
-        let stopping = self.shutdown.is_cancelled();
-        HealthReport {
-            context: self.context.name().to_owned(),
-            instance: self.instance.clone(),
-            ready: !stopping && checks.iter().all(|c| c.ready),
-            stopping,
-            duration_ms: millis(started.elapsed()),
+        checks.extend(self.tasks.checks());
+        report(
+            self.context.name(),
+            &self.instance,
+            self.shutdown.is_cancelled(),
+            started,
             checks,
-        }
-    }
-
-    async fn database(&self) -> Check {
-        let started = Instant::now();
-        let name = self
-            .store
-            .pool()
-            .connect_options()
-            .get_database()
-            .unwrap_or("database")
-            .to_owned();
-        let ping = sqlx::query("SELECT 1").execute(self.store.pool());
-        let (state, detail) = match tokio::time::timeout(PROBE_TIMEOUT, ping).await {
-            Ok(Ok(_)) => (CheckState::Up, None),
-            Ok(Err(e)) => (CheckState::Down, Some(e.to_string())),
-            Err(_) => (CheckState::Down, Some(no_answer())),
-        };
-        probe(CheckKind::Database, name, state, detail, started)
-    }
-
-    async fn jetstream(&self) -> Check {
-        let started = Instant::now();
-        let name = self.context.stream().name();
-        let connection = self.client.connection_state();
-        if connection != ConnectionState::Connected {
-            let detail = format!("the NATS connection is {connection}");
-            return probe(
-                CheckKind::Jetstream,
-                name,
-                CheckState::Down,
-                Some(detail),
-                started,
-            );
-        }
-        // Getting the stream asks the server for its info.
-        let info = async {
-            let stream = self.js.get_stream(&name).await?;
-            anyhow::Ok(stream.cached_info().state.clone())
-        };
-        let (state, detail) = match tokio::time::timeout(PROBE_TIMEOUT, info).await {
-            Ok(Ok(stream)) => (
-                CheckState::Up,
-                Some(format!(
-                    "{} messages, last sequence {}",
-                    stream.messages, stream.last_sequence
-                )),
-            ),
-            Ok(Err(e)) => (CheckState::Down, Some(format!("{e:#}"))),
-            Err(_) => (CheckState::Down, Some(no_answer())),
-        };
-        probe(CheckKind::Jetstream, name, state, detail, started)
+        )
     }
 
     async fn relay(&self) -> Check {
@@ -209,7 +320,7 @@ impl Monitor {
             ),
             Err(_) => (CheckState::Failing, Some(no_answer())),
         };
-        probe(
+        check(
             CheckKind::Relay,
             self.context.stream().name(),
             state,
@@ -265,7 +376,8 @@ impl Monitor {
     }
 }
 
-fn probe(
+/// A check of `kind` made since `started`, ready when `state` is.
+pub fn check(
     kind: CheckKind,
     name: String,
     state: CheckState,

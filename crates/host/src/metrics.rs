@@ -51,7 +51,6 @@ use events::BoundedContext;
 use eventstore::{StoredEvent, Tick};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry,
 };
 
 /// The media type of the Prometheus text format.
@@ -61,7 +60,7 @@ pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub const SAMPLE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Upper bounds of the buckets of the duration histograms, in seconds: 1 ms to 5 min.
-const BUCKETS: [f64; 16] = [
+pub const BUCKETS: [f64; 16] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
@@ -86,26 +85,79 @@ pub struct Metrics {
     ticks_failed: IntCounterVec,
 }
 
+/// A service's registry: every series it registers carries the service's label (a context's
+/// `context="ordering"`, another service's `service="projections"`), and its histograms share
+/// [`BUCKETS`]. Each service builds its series on one and renders it at `GET /metrics`.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    registry: prometheus::Registry,
+}
+
+impl Registry {
+    /// A registry whose every series carries `label="value"`.
+    pub fn new(label: &str, value: &str) -> prometheus::Result<Self> {
+        let labels = HashMap::from([(label.to_owned(), value.to_owned())]);
+        Ok(Self {
+            registry: prometheus::Registry::new_custom(None, Some(labels))?,
+        })
+    }
+
+    pub fn counter(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> prometheus::Result<IntCounterVec> {
+        let counter = IntCounterVec::new(Opts::new(name, help), labels)?;
+        self.registry.register(Box::new(counter.clone()))?;
+        Ok(counter)
+    }
+
+    pub fn gauge(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> prometheus::Result<IntGaugeVec> {
+        let gauge = IntGaugeVec::new(Opts::new(name, help), labels)?;
+        self.registry.register(Box::new(gauge.clone()))?;
+        Ok(gauge)
+    }
+
+    /// A histogram with `buckets`, e.g. [`BUCKETS`] for durations in seconds.
+    pub fn histogram(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        buckets: &[f64],
+    ) -> prometheus::Result<HistogramVec> {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        let histogram = HistogramVec::new(opts, labels)?;
+        self.registry.register(Box::new(histogram.clone()))?;
+        Ok(histogram)
+    }
+
+    /// Every series, in the Prometheus text format (without sampling anything).
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        if let Err(e) = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buffer)
+        {
+            tracing::warn!(error = %e, "cannot encode the metrics");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
 impl Metrics {
     /// A registry of `context`'s series, every one labelled `context`.
     pub fn new(context: BoundedContext) -> prometheus::Result<Self> {
-        let labels = HashMap::from([("context".to_owned(), context.name().to_owned())]);
-        let registry = Registry::new_custom(None, Some(labels))?;
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let counter = IntCounterVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(counter.clone()))?;
-            prometheus::Result::Ok(counter)
-        };
-        let gauge = |name: &str, help: &str, labels: &[&str]| {
-            let gauge = IntGaugeVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(gauge.clone()))?;
-            prometheus::Result::Ok(gauge)
-        };
+        let registry = Registry::new("context", context.name())?;
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| registry.counter(name, help, labels);
+        let gauge = |name: &str, help: &str, labels: &[&str]| registry.gauge(name, help, labels);
         let histogram = |name: &str, help: &str, labels: &[&str]| {
-            let opts = HistogramOpts::new(name, help).buckets(BUCKETS.to_vec());
-            let histogram = HistogramVec::new(opts, labels)?;
-            registry.register(Box::new(histogram.clone()))?;
-            prometheus::Result::Ok(histogram)
+            registry.histogram(name, help, labels, &BUCKETS)
         };
         Ok(Self {
             commands_handled: counter(
@@ -192,12 +244,7 @@ impl Metrics {
 
     /// Every series, in the Prometheus text format (without sampling anything).
     pub fn render(&self) -> String {
-        let mut buffer = Vec::new();
-        if let Err(e) = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buffer)
-        {
-            tracing::warn!(error = %e, "cannot encode the metrics");
-        }
-        String::from_utf8(buffer).unwrap_or_default()
+        self.registry.render()
     }
 
     /// Counts an event committed through the store.

@@ -13,8 +13,10 @@
 //! `RUST_LOG` says, since `RUST_LOG` chooses what is logged, not what is traced.
 //!
 //! What is traced: the gateway's HTTP requests and the NATS requests they make, each command a
-//! context handles, and each message a consumer handles; each a child of the previous hop, so
-//! one order's saga is one trace across the services.
+//! context handles, each message a consumer handles, each message a projection applies and
+//! each query it answers; each a child of the previous hop, so one order's saga is one trace
+//! across the services. Each deadline firing is the root of a trace of its own. `chorus dev`
+//! sets up the same way, so the services it runs in one process export like the binaries do.
 
 use anyhow::Context as _;
 use opentelemetry::trace::TracerProvider as _;
@@ -114,9 +116,15 @@ impl Telemetry {
 /// set, the OpenTelemetry layer with a batching OTLP exporter. Call it before the async
 /// runtime starts. `binary` names the service when `OTEL_SERVICE_NAME` does not.
 pub fn init(binary: &str) -> anyhow::Result<Telemetry> {
+    init_with_filter(binary, "info,sqlx=warn")
+}
+
+/// [`init`], logging what `default_filter` lets through when `RUST_LOG` is not set (the
+/// `chorus` CLI logs less than a service).
+pub fn init_with_filter(binary: &str, default_filter: &str) -> anyhow::Result<Telemetry> {
     let settings = TelemetrySettings::from_vars(|name| std::env::var(name).ok(), binary)?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,sqlx=warn".into());
+        .unwrap_or_else(|_| default_filter.into());
     let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let logs = if settings.json_logs {
         logs.json().with_filter(filter).boxed()

@@ -1,6 +1,7 @@
 //! Settings, read once from the environment at start-up. A value that cannot be used stops the
 //! start with an error naming its variable.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::bail;
@@ -50,6 +51,9 @@ pub struct Config {
     pub nats_url: String,
     /// `NOTIFICATIONS_SINK`: `file:<path>` or `log`, default [`DEFAULT_SINK`].
     pub sink: SinkConfig,
+    /// `NOTIFICATIONS_HTTP_ADDR`: where to serve `/healthz`, `/readyz` and `/metrics`, an IP
+    /// address with a port (e.g. `127.0.0.1:8086`); unset: no HTTP listener.
+    pub http_addr: Option<SocketAddr>,
 }
 
 impl Config {
@@ -65,7 +69,20 @@ impl Config {
         let sink = SinkConfig::parse(
             &var("NOTIFICATIONS_SINK").unwrap_or_else(|| DEFAULT_SINK.to_owned()),
         )?;
-        Ok(Self { nats_url, sink })
+        let http_addr = match var("NOTIFICATIONS_HTTP_ADDR") {
+            None => None,
+            Some(value) => Some(value.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "NOTIFICATIONS_HTTP_ADDR={value:?} is not an address to listen on, like \
+                     127.0.0.1:8086"
+                )
+            })?),
+        };
+        Ok(Self {
+            nats_url,
+            sink,
+            http_addr,
+        })
     }
 }
 
@@ -111,6 +128,21 @@ mod tests {
             config(&[("NATS_URL", "nats://n:4300")]).unwrap().nats_url,
             "nats://n:4300"
         );
+    }
+
+    #[test]
+    fn the_http_listener_is_optional_and_a_bad_address_is_named() {
+        assert_eq!(config(&[]).unwrap().http_addr, None);
+        assert_eq!(
+            config(&[("NOTIFICATIONS_HTTP_ADDR", "127.0.0.1:8086")])
+                .unwrap()
+                .http_addr,
+            Some("127.0.0.1:8086".parse().unwrap())
+        );
+        let err = config(&[("NOTIFICATIONS_HTTP_ADDR", "localhost")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("NOTIFICATIONS_HTTP_ADDR"), "{err}");
     }
 
     #[test]

@@ -37,15 +37,20 @@
 //!
 //! Messages are handled one at a time, in delivery order: a notification costs a few key-value
 //! round trips and a sink call, which is far more than these events' rate.
+//!
+//! Its health (`chorus.notifications.health`, and `GET /readyz` with `NOTIFICATIONS_HTTP_ADDR`)
+//! and its Prometheus metrics (`GET /metrics`) are in [`observe`].
 
 pub mod config;
 pub mod contract;
 pub mod notification;
+pub mod observe;
 pub mod service;
 pub mod sink;
 pub mod state;
 
 pub use config::{Config, SinkConfig};
 pub use notification::{Kind, Notification};
+pub use observe::Observer;
 pub use service::{Options, Service, connect};
 pub use sink::{FileSink, LogSink, Sink};

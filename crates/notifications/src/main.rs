@@ -2,13 +2,20 @@
 //!
 //! Settings (environment): `NATS_URL` (default `nats://127.0.0.1:4222`); `NOTIFICATIONS_SINK`,
 //! `file:<path>` (JSON lines, the default `file:notifications.jsonl`) or `log`; `RUST_LOG`
-//! (default `info`); `CHORUS_LOG_FORMAT`, `text` (the default) or `json`. Runs until Ctrl-C or
-//! SIGTERM, finishing the message in hand.
+//! (default `info`); `CHORUS_LOG_FORMAT`, `text` (the default) or `json`;
+//! `NOTIFICATIONS_HTTP_ADDR` (e.g. `127.0.0.1:8086`; unset: no listener) for `/healthz`,
+//! `/readyz` and `/metrics`. Its health is also answered on `chorus.notifications.health`.
+//! Runs until Ctrl-C or SIGTERM, finishing the message in hand.
 
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use notifications::{Config, Options, Service};
+use notifications::{Config, Options, Service, observe};
+
+/// Handling messages and requests allocates for every header, field and payload: mimalloc
+/// spends a fraction of the system allocator's time on it (see docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let outcome = init_logging().and_then(|()| {
@@ -31,8 +38,35 @@ async fn run() -> anyhow::Result<()> {
     let client = notifications::connect(&config.nats_url)
         .await
         .context("NATS_URL")?;
-    let service = Service::start(client, sink, Options::default()).await?;
-    service.run(signal()).await
+    let service = Service::start(client.clone(), sink, Options::default()).await?;
+    let observer = service.observer();
+    // Dropping `stop` ends the health endpoint and the HTTP listener.
+    let (stop, stopped) = tokio::sync::watch::channel(());
+    let until_stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            stopped.changed().await.ok();
+        }
+    };
+    let health = observe::serve_health(&client, observer.clone(), until_stopped()).await?;
+    let health = tokio::spawn(health);
+    let http = match config.http_addr {
+        None => None,
+        Some(addr) => {
+            let (_, serving) = observe::listen_http(addr, observer, until_stopped()).await?;
+            Some(tokio::spawn(serving))
+        }
+    };
+    let outcome = service.run(signal()).await;
+    drop(stop);
+    health.await.ok();
+    if let Some(Ok(Err(e))) = match http {
+        Some(http) => Some(http.await),
+        None => None,
+    } {
+        tracing::warn!(error = format!("{e:#}"), "the HTTP listener failed");
+    }
+    outcome
 }
 
 fn init_logging() -> anyhow::Result<()> {

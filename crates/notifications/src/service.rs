@@ -18,7 +18,7 @@
 //! letters.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
@@ -33,6 +33,7 @@ use crate::contract::{
     OrderPlaced, OrderShipped, Payload, STREAM, headers,
 };
 use crate::notification::{self, Kind, Notification, OrderFacts};
+use crate::observe::{Observer, Outcome};
 use crate::sink::Sink;
 use crate::state::{Delivery, Handled, State};
 
@@ -172,6 +173,7 @@ pub struct Service<S> {
     state: State,
     sink: S,
     options: Options,
+    observer: Observer,
 }
 
 impl<S: Sink> Service<S> {
@@ -208,6 +210,7 @@ impl<S: Sink> Service<S> {
             })
             .await
             .with_context(|| format!("cannot create or update consumer {CONSUMER} on {STREAM}"))?;
+        let observer = Observer::new(js.clone())?;
         Ok(Self {
             js,
             stream,
@@ -215,7 +218,13 @@ impl<S: Sink> Service<S> {
             state,
             sink,
             options,
+            observer,
         })
+    }
+
+    /// Its health and metrics (see [`crate::observe`]), to serve over NATS and HTTP.
+    pub fn observer(&self) -> Observer {
+        self.observer.clone()
     }
 
     /// The service's key-value state.
@@ -237,21 +246,29 @@ impl<S: Sink> Service<S> {
             .with_context(|| format!("cannot pull from consumer {CONSUMER}"))?;
         tokio::pin!(shutdown);
         tracing::info!(consumer = CONSUMER, "notifications service started");
+        self.observer.set_running(true);
         loop {
             let message = tokio::select! {
                 biased;
-                () = &mut shutdown => break,
+                () = &mut shutdown => {
+                    self.observer.set_stopping();
+                    break;
+                }
                 message = messages.next() => match message {
                     Some(Ok(message)) => message,
                     Some(Err(e)) => {
                         tracing::warn!(consumer = CONSUMER, error = %e, "pull failed");
                         continue;
                     }
-                    None => bail!("the message stream of consumer {CONSUMER} ended"),
+                    None => {
+                        self.observer.set_running(false);
+                        bail!("the message stream of consumer {CONSUMER} ended")
+                    }
                 },
             };
             self.process(&message).await;
         }
+        self.observer.set_running(false);
         self.js.client().flush().await.ok();
         tracing::info!(consumer = CONSUMER, "notifications service stopped");
         Ok(())
@@ -263,22 +280,26 @@ impl<S: Sink> Service<S> {
         let stream_sequence = info.as_ref().map_or(0, |i| i.stream_sequence);
         let span =
             tracing::info_span!("message", subject = %message.subject, stream_sequence, delivered);
-        self.settle(message, delivered).instrument(span).await;
+        let started = Instant::now();
+        let outcome = self.settle(message, delivered).instrument(span).await;
+        self.observer.settled(outcome, started);
     }
 
     /// Handles the message and acks, naks or dead-letters it.
-    async fn settle(&self, message: &Message, delivered: i64) {
+    async fn settle(&self, message: &Message, delivered: i64) -> Outcome {
         match self.handle(message, delivered).await {
             Ok(()) => {
                 if let Err(e) = message.double_ack().await {
                     // Redelivered after the ack wait; the event record makes that a no-op.
                     tracing::warn!(error = %e, "ack not confirmed");
                 }
+                Outcome::Handled
             }
             Err(Failure::Wait(reason)) => {
                 let delay = self.options.retry_after(delivered);
                 tracing::info!(reason, ?delay, "waiting for an earlier event of the order");
                 send_ack(message, AckKind::Nak(Some(delay))).await;
+                Outcome::Retried
             }
             Err(Failure::Transient(e)) => {
                 let delay = self.options.retry_after(delivered);
@@ -288,6 +309,7 @@ impl<S: Sink> Service<S> {
                     "not handled; retrying later"
                 );
                 send_ack(message, AckKind::Nak(Some(delay))).await;
+                Outcome::Retried
             }
             Err(Failure::UnknownVersion {
                 event_type,
@@ -302,10 +324,11 @@ impl<S: Sink> Service<S> {
                     "unknown schema version: left for a build that reads it"
                 );
                 send_ack(message, AckKind::Nak(Some(delay))).await;
+                Outcome::Retried
             }
             Err(Failure::Permanent { reason, event }) => {
                 self.dead_letter(message, &reason, event.as_ref(), delivered)
-                    .await;
+                    .await
             }
         }
     }
@@ -399,10 +422,13 @@ impl<S: Sink> Service<S> {
             tracing::debug!(key, "notification sent before");
             return Ok(());
         }
+        let span = tracing::info_span!("notification", kind = %kind, key, order_id = %order);
         self.sink
             .deliver(&record.notification)
+            .instrument(span)
             .await
             .with_context(|| format!("the sink did not take {key}"))?;
+        self.observer.sent(kind);
         self.state.mark_sent(&record.notification, revision).await?;
         tracing::info!(key, "notification sent");
         Ok(())
@@ -514,7 +540,7 @@ impl<S: Sink> Service<S> {
         reason: &str,
         event: Option<&EventId>,
         attempts: i64,
-    ) {
+    ) -> Outcome {
         let info = message.info().ok();
         let stream = info.as_ref().map_or(STREAM, |i| i.stream).to_owned();
         let stream_sequence = info.as_ref().map_or(0, |i| i.stream_sequence);
@@ -562,6 +588,7 @@ impl<S: Sink> Service<S> {
             Ok(()) => {
                 tracing::error!(reason, "message dead-lettered");
                 send_ack(message, AckKind::Term).await;
+                Outcome::DeadLettered
             }
             Err(e) => {
                 let delay = self.options.max_retry_delay;
@@ -572,6 +599,7 @@ impl<S: Sink> Service<S> {
                     "cannot dead-letter the message; offering it again later"
                 );
                 send_ack(message, AckKind::Nak(Some(delay))).await;
+                Outcome::Retried
             }
         }
     }

@@ -11,6 +11,8 @@ use crate::Infra;
 fn the_http_address_is_optional_and_an_ip_address_with_a_port() {
     let context = BoundedContext::Shipping;
     assert_eq!(http_addr_var(context), "SHIPPING_HTTP_ADDR");
+    // A service that is not a context is named by its name.
+    assert_eq!(http_addr_var("projections"), "PROJECTIONS_HTTP_ADDR");
     for unset in [None, Some("")] {
         assert_eq!(parse_http_addr(context, unset).unwrap(), None);
     }

@@ -409,3 +409,44 @@ async fn one_order_is_one_trace_across_the_gateway_and_the_four_contexts() {
         assert_eq!(recorder.span_kind, SpanKind::Consumer, "{listing}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_firing_is_a_span_of_its_own() {
+    let exporter = exported();
+    let infra = crate::Infra::new().await;
+    let running = crate::Running::start(&infra, BoundedContext::Payments).await;
+    let store = Store::from_pool(infra.db.pool(2).await.unwrap());
+    let key = uuid::Uuid::now_v7().to_string();
+    let mut uow = eventstore::UnitOfWork::new(&store);
+    uow.schedule_deadline(
+        crate::REMINDER,
+        &key,
+        chrono::Utc::now(),
+        serde_json::json!({}),
+    );
+    uow.commit().await.unwrap();
+
+    let fired = || {
+        exporter
+            .get_finished_spans()
+            .unwrap()
+            .into_iter()
+            .find(|s| attribute(s, "key").as_deref() == Some(key.as_str()))
+    };
+    harness::wait_until("the firing's span is exported", PATIENCE, || async {
+        fired().is_some()
+    })
+    .await
+    .unwrap();
+    let span = fired().unwrap();
+    assert_eq!(span.name, format!("deadline {}", crate::REMINDER));
+    assert_eq!(attribute(&span, "kind").as_deref(), Some(crate::REMINDER));
+    // Nothing of the deadline's origin is stored: the firing starts a trace.
+    assert_eq!(
+        span.parent_span_id,
+        SpanId::INVALID,
+        "{}",
+        describe(&[&span])
+    );
+    running.stop().await;
+}

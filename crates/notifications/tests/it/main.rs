@@ -3,6 +3,7 @@
 
 mod contract;
 mod delivery;
+mod observe;
 mod process;
 mod publish;
 mod server;
