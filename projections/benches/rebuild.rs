@@ -34,6 +34,10 @@ use projections::Projection;
 use projections::rebuild::{self, NoProgress, StartAt};
 use tokio_util::sync::CancellationToken;
 
+/// As in the `chorus` and `chorus-projections` binaries.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SKUS: usize = 200;
 const IN_FLIGHT: usize = 4_096;
 

@@ -59,7 +59,7 @@ pub(crate) enum Layout {
 const CHECKPOINTS: Table = Table {
     name: "checkpoints",
     key: &["stream"],
-    columns: "stream text NOT NULL,
+    columns: "stream text COLLATE \"C\" NOT NULL,
             stream_created timestamptz NOT NULL,
             sequence bigint NOT NULL,
             first_sequence bigint NOT NULL DEFAULT 0",
@@ -72,8 +72,8 @@ const CHECKPOINTS: Table = Table {
 const APPLIED: Table = Table {
     name: "applied",
     key: &["aggregate_type", "aggregate_id"],
-    columns: "aggregate_type text NOT NULL,
-            aggregate_id text NOT NULL,
+    columns: "aggregate_type text COLLATE \"C\" NOT NULL,
+            aggregate_id text COLLATE \"C\" NOT NULL,
             sequence bigint NOT NULL,
             position bigint NOT NULL",
     with: "",
@@ -85,8 +85,8 @@ const ORDERS_TABLES: &[Table] = &[
     Table {
         name: "orders",
         key: &["order_id"],
-        columns: "order_id text NOT NULL,
-                customer_id text,
+        columns: "order_id text COLLATE \"C\" NOT NULL,
+                customer_id text COLLATE \"C\",
                 status text,
                 rejection_reason text,
                 cancellation_reason text,
@@ -109,7 +109,7 @@ const ORDERS_TABLES: &[Table] = &[
     Table {
         name: "order_lines",
         key: &["order_id", "line_no"],
-        columns: "order_id text NOT NULL,
+        columns: "order_id text COLLATE \"C\" NOT NULL,
                 line_no integer NOT NULL,
                 sku text NOT NULL,
                 quantity bigint NOT NULL,
@@ -121,8 +121,8 @@ const ORDERS_TABLES: &[Table] = &[
     Table {
         name: "timeline",
         key: &["order_id", "aggregate_type", "sequence"],
-        columns: "order_id text NOT NULL,
-                aggregate_type text NOT NULL,
+        columns: "order_id text COLLATE \"C\" NOT NULL,
+                aggregate_type text COLLATE \"C\" NOT NULL,
                 sequence bigint NOT NULL,
                 context text NOT NULL,
                 event_type text NOT NULL,
@@ -138,7 +138,7 @@ const CATALOGUE_TABLES: &[Table] = &[
     Table {
         name: "products",
         key: &["sku"],
-        columns: "sku text NOT NULL,
+        columns: "sku text COLLATE \"C\" NOT NULL,
                 name text,
                 price_minor bigint,
                 currency text,
@@ -154,7 +154,7 @@ const SALES_TABLES: &[Table] = &[
     Table {
         name: "order_totals",
         key: &["order_id"],
-        columns: "order_id text NOT NULL,
+        columns: "order_id text COLLATE \"C\" NOT NULL,
                 total_minor bigint NOT NULL,
                 currency text NOT NULL,
                 confirmed_on date,
@@ -166,7 +166,7 @@ const SALES_TABLES: &[Table] = &[
         name: "daily_sales",
         key: &["day", "currency"],
         columns: "day date NOT NULL,
-                currency text NOT NULL,
+                currency text COLLATE \"C\" NOT NULL,
                 orders_confirmed bigint NOT NULL DEFAULT 0,
                 revenue_minor bigint NOT NULL DEFAULT 0,
                 orders_cancelled bigint NOT NULL DEFAULT 0,

@@ -49,7 +49,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow};
 use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull::OrderedConfig};
@@ -59,7 +59,9 @@ use events::{BoundedContext, headers};
 use futures::{Stream, StreamExt};
 use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
+use crate::metrics::WriterMetrics;
 use crate::model;
 use crate::projection::{Projection, build_indexes, lock_key};
 use crate::source::{self, Read, SourceEvent};
@@ -118,6 +120,10 @@ pub(crate) enum SessionError {
          run it again"
     )]
     Lost(String),
+    /// A live writer found its writer lock gone (the connection holding it was lost, and
+    /// another instance may have taken it): it must stop writing.
+    #[error("the writer of {0} no longer holds its writer lock")]
+    Deposed(Projection),
     #[error(transparent)]
     Failed(#[from] anyhow::Error),
 }
@@ -143,6 +149,9 @@ struct Incoming {
     read: Read,
     /// Kept for a poison message only: it is copied to the dead letters as it came.
     message: Option<jetstream::Message>,
+    /// A live writer's span of the message, in the trace of its headers; it ends when the
+    /// batch it is in has committed.
+    span: Option<tracing::Span>,
 }
 
 /// Writes one projection into one schema.
@@ -159,6 +168,18 @@ pub(crate) struct Runner {
     bulk: Option<Arc<tokio::sync::Mutex<Bulk>>>,
     /// Aggregates a bulk load holds in memory before it writes them to `applied`.
     spill_at: usize,
+    /// A live writer's series.
+    metrics: Option<Arc<WriterMetrics>>,
+    /// A live writer's lock, checked in every batch's transaction.
+    writer_lock: Option<WriterLock>,
+}
+
+/// The session-level advisory lock that makes a live writer the only one: its key, and the
+/// backend holding it.
+#[derive(Debug, Clone, Copy)]
+struct WriterLock {
+    key: i64,
+    pid: i32,
 }
 
 /// What a bulk runner applied, as committed: the last event per aggregate (type, then id).
@@ -217,7 +238,15 @@ impl Runner {
             live,
             bulk: None,
             spill_at: SPILL_AT,
+            metrics: None,
+            writer_lock: None,
         }
+    }
+
+    /// Counts batches, messages and moved checkpoints in `metrics`.
+    pub(crate) fn with_metrics(mut self, metrics: Arc<WriterMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The runner of a bulk load into a schema created with the bulk layout: it keeps
@@ -376,11 +405,18 @@ impl Runner {
                 () = tokio::time::sleep(RETRY_DELAY) => {}
             }
         }
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut lock)
+            .await?;
+        let writer = Self {
+            writer_lock: Some(WriterLock { key, pid }),
+            ..self.clone()
+        };
         tracing::info!(projection = %self.projection, "projection writer is live");
         let mut counts = Counts::default();
         loop {
             let outcome = tokio::select! {
-                outcome = self.session(None, &mut counts, &|_| {}, shutdown) => outcome,
+                outcome = writer.session(None, &mut counts, &|_| {}, shutdown) => outcome,
                 lost = lock_lost(&mut lock) => return Err(lost),
             };
             match outcome {
@@ -393,11 +429,15 @@ impl Runner {
                     tracing::warn!(projection = %self.projection, "every source stream ended; reopening them");
                 }
                 Err(SessionError::Moved(stream)) => {
+                    if let Some(metrics) = &self.metrics {
+                        metrics.rebuilt();
+                    }
                     tracing::info!(projection = %self.projection, stream,
                         "checkpoint moved (a rebuild was swapped in) or stream recreated; \
                          resuming from the database");
                     continue;
                 }
+                Err(e @ SessionError::Deposed(_)) => return Err(e.into()),
                 Err(e @ (SessionError::Failed(_) | SessionError::Lost(_))) => {
                     tracing::warn!(projection = %self.projection, error = format!("{:#}", anyhow!(e)),
                         "projection session failed; starting again from the checkpoints");
@@ -439,6 +479,7 @@ impl Runner {
         let (sender, mut received) = tokio::sync::mpsc::channel(self.batch_size * 4);
         let mut merged = futures::stream::select_all(readers);
         let aggregate_types = self.projection.aggregate_types();
+        let (live, projection) = (self.live, self.projection);
         let _reading = AbortOnDrop(tokio::spawn(async move {
             while let Some((context, message)) = merged.next().await {
                 let incoming = message.and_then(|message| {
@@ -449,12 +490,14 @@ impl Runner {
                     let published =
                         i64::try_from(info.published.unix_timestamp_nanos() / 1_000).unwrap_or(0);
                     let read = source::read(context, &message, published, aggregate_types);
+                    let span = live.then(|| message_span(projection, context, sequence, &message));
                     let message = matches!(read, Read::Poison(_)).then_some(message);
                     Ok(Incoming {
                         context,
                         sequence,
                         read,
                         message,
+                        span,
                     })
                 });
                 let incoming = incoming.map_err(|e| (context, e));
@@ -607,12 +650,15 @@ impl Runner {
         let mut events = Vec::with_capacity(batch.len());
         let mut poison = Vec::new();
         let mut read = 0;
+        let mut per_stream = BTreeMap::new();
+        let mut spans = Vec::new();
         for incoming in batch {
             let Incoming {
                 context,
                 sequence,
                 read: what,
                 message,
+                span,
             } = incoming.map_err(|(context, e)| {
                 anyhow!("reading stream {}: {e}", context.stream().name())
             })?;
@@ -629,6 +675,8 @@ impl Runner {
             }
             *position = sequence;
             read += 1;
+            *per_stream.entry(context).or_insert(0) += 1;
+            spans.extend(span);
             match (what, message) {
                 (Read::Event(event), _) => events.push(*event),
                 (Read::Poison(reason), Some(message)) => poison.push((message, reason)),
@@ -646,7 +694,20 @@ impl Runner {
                     subject = %message.subject, reason, "message cannot be read; passed over");
             }
         }
-        let applied = self.commit(checkpoints, &advanced, events).await?;
+        let started = Instant::now();
+        let batch_span = tracing::info_span!("projection.batch", projection = %self.projection,
+            schema = %self.schema, messages = read);
+        let applied = if self.live {
+            self.commit(checkpoints, &advanced, events)
+                .instrument(batch_span)
+                .await?
+        } else {
+            self.commit(checkpoints, &advanced, events).await?
+        };
+        if let Some(metrics) = &self.metrics {
+            metrics.committed(&per_stream, started.elapsed());
+        }
+        drop(spans);
         *checkpoints = advanced;
         counts.messages += read;
         counts.applied += applied;
@@ -678,6 +739,23 @@ impl Runner {
         events: Vec<SourceEvent>,
     ) -> Result<u64, SessionError> {
         let mut tx = self.begin().await?;
+        if let Some(lock) = self.writer_lock {
+            // Under the apply lock: once another instance holds the writer lock, no batch of
+            // this one commits.
+            let held: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted \
+                     AND pid = $1 AND classid::bigint = $2 AND objid::bigint = $3 \
+                     AND objsubid = 1)",
+            )
+            .bind(lock.pid)
+            .bind((lock.key >> 32) & 0xffff_ffff)
+            .bind(lock.key & 0xffff_ffff)
+            .fetch_one(&mut *tx)
+            .await?;
+            if !held {
+                return Err(SessionError::Deposed(self.projection));
+            }
+        }
         let mut streams = Vec::new();
         let mut old = Vec::new();
         let mut new = Vec::new();
@@ -903,6 +981,41 @@ pub(crate) async fn stream_state(
     let micros = i64::try_from(info.created.unix_timestamp_nanos() / 1_000).unwrap_or(0);
     let created = DateTime::from_timestamp_micros(micros).unwrap_or_default();
     Ok((created, info.state.last_sequence))
+}
+
+/// The span of a message a live writer applies, a child of the trace context in its headers:
+/// the saga's trace goes on into the read models.
+fn message_span(
+    projection: Projection,
+    context: BoundedContext,
+    sequence: u64,
+    message: &jetstream::Message,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        "project",
+        otel.name = %format!("project {}", message.subject),
+        otel.kind = "consumer",
+        service = "projections",
+        projection = %projection,
+        stream = %context.stream().name(),
+        stream_sequence = sequence,
+    );
+    follow_headers(&span, message.headers.as_ref());
+    span
+}
+
+/// Makes `span` a child of the W3C trace context in `headers`, if they carry one.
+pub(crate) fn follow_headers(span: &tracing::Span, headers: Option<&async_nats::HeaderMap>) {
+    let header = |name: &str| {
+        headers
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_owned())
+    };
+    bus::follow_trace(
+        span,
+        header(headers::TRACEPARENT).as_deref(),
+        header(headers::TRACESTATE).as_deref(),
+    );
 }
 
 /// Resolves when the connection holding the writer lock stops answering.

@@ -11,7 +11,7 @@ use events::values::{CustomerId, Money, OrderId};
 use harness::NatsServer;
 use projections::Projection;
 
-use crate::support::{Projections, Publisher, wait};
+use crate::support::{Projections, Publisher, terminate_when_waiting, wait};
 
 pub fn address() -> Address {
     Address {
@@ -79,25 +79,12 @@ async fn a_writer_killed_in_the_middle_of_a_batch_resumes_without_loss_or_double
     const WAITING: &str = "SELECT pid FROM pg_stat_activity \
         WHERE application_name = 'projection sales' AND state = 'active' \
         AND wait_event_type = 'Lock' AND query LIKE '%daily_sales%'";
-    wait("the sales writer to wait inside its batch", || async {
-        sqlx::query_scalar::<_, i32>(WAITING)
-            .fetch_optional(&projections.pool)
-            .await
-            .unwrap()
-            .is_some()
-    })
+    terminate_when_waiting(
+        &projections.pool,
+        WAITING,
+        "the sales writer to wait inside its batch",
+    )
     .await;
-    let mut admin = projections.pool.acquire().await.unwrap();
-    let pid: i32 = sqlx::query_scalar(WAITING)
-        .fetch_one(&mut *admin)
-        .await
-        .unwrap();
-    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
-        .bind(pid)
-        .fetch_one(&mut *admin)
-        .await
-        .unwrap();
-    assert!(terminated);
     blocker.rollback().await.unwrap();
 
     projections.caught_up().await;

@@ -72,6 +72,11 @@ impl Projections {
             .await
             .expect("connects");
         let js = jetstream::new(client.clone());
+        // The contexts' streams, as each context creates its own at its start (the service
+        // provisions none): hand-made events need them before any context runs.
+        nats.provision_event_streams()
+            .await
+            .expect("streams provisioned");
         let pool = db.pool(6).await.expect("pool");
         let mut projections = Self {
             pool,
@@ -93,6 +98,42 @@ impl Projections {
         let token = service.shutdown_token();
         let task = tokio::spawn(service.run(std::future::pending()));
         self.running = Some((token, task));
+    }
+
+    /// Stops the service started with the projections, as a process taking a SIGTERM would
+    /// (its writers finish their batch and release their locks).
+    pub async fn stop_service(&mut self) {
+        let (token, task) = self.running.take().expect("the service is running");
+        token.cancel();
+        let stopped = tokio::time::timeout(PATIENCE, task)
+            .await
+            .expect("the service stops in time");
+        stopped
+            .expect("no panic")
+            .unwrap_or_else(|e| panic!("the service stopped with an error: {e:#}"));
+    }
+
+    /// Starts one more instance of the projections service on the same database, as a second
+    /// process would run, its connections named `name` (`application_name`).
+    pub async fn start_instance(&self, name: &str) -> Instance {
+        let mut settings = self.settings.clone();
+        // Its writers, their lock connections and the listener: the fewest the service takes.
+        settings.database_connections = 4;
+        let separator = if settings.database_url.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        settings.database_url = format!(
+            "{}{separator}application_name={name}",
+            settings.database_url
+        );
+        let service = projections::service::start(&settings)
+            .await
+            .unwrap_or_else(|e| panic!("instance {name} does not start: {e:#}"));
+        let token = service.shutdown_token();
+        let task = tokio::spawn(service.run(std::future::pending()));
+        Instance { token, _task: task }
     }
 
     /// Waits until every projection's checkpoint is at its streams' last sequence.
@@ -158,6 +199,39 @@ impl Projections {
             tables.insert(table.name.to_owned(), rows);
         }
         tables
+    }
+}
+
+/// Waits until the backend that `waiting` (a query of `pg_stat_activity` for one pid) finds
+/// waits for a lock inside its transaction, then terminates it, as a crash of its process would.
+pub async fn terminate_when_waiting(pool: &PgPool, waiting: &'static str, what: &str) {
+    wait(what, || async {
+        sqlx::query_scalar::<_, i32>(waiting)
+            .fetch_optional(pool)
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    let pid: i32 = sqlx::query_scalar(waiting).fetch_one(pool).await.unwrap();
+    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert!(terminated, "{what}: backend {pid} terminated");
+}
+
+/// A projections service started beside the first; stopped when dropped.
+#[derive(Debug)]
+pub struct Instance {
+    token: CancellationToken,
+    _task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.token.cancel();
     }
 }
 
