@@ -11,6 +11,11 @@
 
 use events::BoundedContext;
 
+/// Handling messages and requests allocates for every header, field and payload: mimalloc
+/// spends a fraction of the system allocator's time on it (see docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     host::main("ordering", || async {
         let settings = host::Settings::from_env(BoundedContext::Ordering)?;
