@@ -6,14 +6,16 @@
 //! operator commands work on a running system: `chorus dlq` inspects, retries and purges the
 //! dead letters, `chorus republish` publishes a context's event store to its stream again,
 //! `chorus token` mints a bearer token for the HTTP gateway, `chorus replay` rebuilds (or
-//! verifies) read models without downtime, `chorus projections status` shows their lag. The
-//! CLI holds no domain logic; the services it starts, and the crates it calls, do.
+//! verifies) read models without downtime, `chorus projections status` shows their lag, and
+//! `chorus bench saga` drives orders through a running system and measures them. The CLI
+//! holds no domain logic; the services it starts, and the crates it calls, do.
 //!
 //! Each command group is one variant of [`Command`] and one module; what they share has one
 //! place: [`connect`] (NATS and the event stores, with the settings they are read from),
 //! [`exit`] (logging, the runtime, and how an error becomes a message and an exit code), and
 //! [`progress`] (the progress bar of long commands).
 
+mod bench;
 mod connect;
 mod dev;
 mod dlq;
@@ -80,7 +82,16 @@ enum Command {
     #[command(subcommand)]
     Projections(replay::ProjectionsCommand),
     Token(token::Args),
+    /// Load tests of a running system: `saga` drives orders and measures them, `plot` draws
+    /// their latency against throughput.
+    #[command(subcommand)]
+    Bench(bench::Command),
 }
+
+/// Handling messages and requests allocates for every header, field and payload: mimalloc
+/// spends a fraction of the system allocator's time on it (see docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -93,5 +104,6 @@ fn main() -> std::process::ExitCode {
         Command::Replay(args) => exit::run("warn", replay::replay(args)),
         Command::Projections(command) => exit::run("warn", replay::projections(command)),
         Command::Token(args) => exit::run("warn", token::run(args)),
+        Command::Bench(command) => exit::run("warn", bench::run(command)),
     }
 }

@@ -66,12 +66,16 @@ impl Banner<'_> {
         let shopper = gateway::mint(self.secret.as_bytes(), Role::Shopper, &customer, TOKEN_TTL)?;
         let operator = gateway::mint(self.secret.as_bytes(), Role::Operator, OPERATOR, TOKEN_TTL)?;
         let env_file = self.data_dir.join("dev.env");
+        // The launcher's own pid: every service runs in it (`chorus bench saga` samples its
+        // memory).
+        let pid = std::process::id().to_string();
         let exports = [
             ("CHORUS_URL", url.as_str()),
             ("SHOPPER_TOKEN", shopper.as_str()),
             ("OPERATOR_TOKEN", operator.as_str()),
             ("NATS_URL", self.nats_url),
             (gateway::settings::JWT_SECRET_VAR, self.secret),
+            ("CHORUS_PID", pid.as_str()),
         ];
         write_env_file(&env_file, &exports)?;
 
@@ -138,7 +142,7 @@ impl Banner<'_> {
         line("");
         line(&format!(
             "Tokens for this run (valid {} h; shopper = customer {customer}, operator = \
-             {OPERATOR}); the same, with NATS_URL and {}, in {}:",
+             {OPERATOR}); the same, with NATS_URL, {} and CHORUS_PID, in {}:",
             TOKEN_TTL.as_secs() / 3600,
             gateway::settings::JWT_SECRET_VAR,
             env_file.display()

@@ -268,7 +268,7 @@ async fn a_bad_setting_names_its_variable_and_starts_nothing() {
 
 /// A test's folder, ports and database prefix; the folder and the databases are removed when
 /// it is dropped.
-struct DevWorld {
+pub struct DevWorld {
     dir: PathBuf,
     prefix: String,
     nats_port: u16,
@@ -277,7 +277,7 @@ struct DevWorld {
 }
 
 impl DevWorld {
-    fn new(name: &str) -> Self {
+    pub fn new(name: &str) -> Self {
         let id = uuid::Uuid::now_v7().simple().to_string();
         // The last hex digits of a v7 id are random.
         let unique = &id[id.len() - 12..];
@@ -296,12 +296,12 @@ impl DevWorld {
         }
     }
 
-    fn data_dir(&self) -> PathBuf {
+    pub fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
     }
 
     /// What the launcher wrote on stderr (its logs and its error).
-    fn stderr(&self, run: &str) -> String {
+    pub fn stderr(&self, run: &str) -> String {
         std::fs::read_to_string(self.dir.join(format!("{run}.stderr"))).unwrap_or_default()
     }
 
@@ -390,14 +390,14 @@ impl Drop for DevWorld {
 }
 
 /// A running `chorus dev` and the banner it printed.
-struct Launcher {
+pub struct Launcher {
     child: Child,
     lines: Vec<String>,
 }
 
 impl Launcher {
     /// Starts `chorus dev` and waits for the end of its banner.
-    async fn start(world: &DevWorld, env: &[(&str, &str)]) -> Self {
+    pub async fn start(world: &DevWorld, env: &[(&str, &str)]) -> Self {
         let mut child = world.command(env).spawn().expect("chorus dev starts");
         let stdout = child.stdout.take().unwrap();
         let (lines_tx, mut lines_rx) = mpsc::unbounded_channel();
@@ -455,7 +455,7 @@ impl Launcher {
     }
 
     /// SIGTERM, and its exit status.
-    async fn stop(mut self) -> ExitStatus {
+    pub async fn stop(mut self) -> ExitStatus {
         signal_term(&self.child).expect("SIGTERM sent");
         tokio::time::timeout(START_PATIENCE, self.child.wait())
             .await

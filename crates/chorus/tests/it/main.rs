@@ -5,6 +5,7 @@
 // A test fails by panicking; helpers unwrap like the tests do.
 #![allow(clippy::unwrap_used)]
 
+mod bench;
 mod dev;
 mod dlq;
 mod errors;
