@@ -1,7 +1,7 @@
 //! The built-in payment provider: a deterministic simulator keyed by test tokens, so that every
 //! payment path can be driven from the API.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::ready;
 use std::sync::{Mutex, PoisonError};
 
@@ -23,6 +23,9 @@ pub const TOKEN_FLAKY: &str = "tok_flaky";
 /// How many captures of an order fail before a flaky token succeeds.
 pub const FLAKY_FAILURES: u32 = 2;
 
+/// How many orders a [`Simulator`] remembers by default.
+pub const DEFAULT_CAPACITY: usize = 100_000;
+
 /// The simulator. Any token not listed above is declined ("unknown test token"); refunds always
 /// succeed, with the reference `sim-ref-<order id>`. It answers at once: timing, retries and
 /// circuit breaking belong to the wrapper around the port ([`Resilient`](crate::Resilient)),
@@ -32,9 +35,25 @@ pub const FLAKY_FAILURES: u32 = 2;
 /// of one order one at a time (under one lock): a cancel after a capture refunds it
 /// ([`CancelOutcome::Refunded`]); a cancel before any capture voids the order
 /// ([`CancelOutcome::Voided`]) and every later capture for it is declined ("voided").
-#[derive(Debug, Default)]
+///
+/// Unlike a real provider, it runs in the payments process, so what it keeps is bounded: the
+/// last `capacity` orders it was called for (default [`DEFAULT_CAPACITY`], a few MiB), the
+/// oldest forgotten first. That is far more than are ever undecided at once (payments captures
+/// an order seconds after its stock is reserved, and records the outcome), and what comes
+/// later needs no memory: references are made from the order id, and payments refunds a
+/// capture it recorded without asking what the provider remembers. A forgotten order is one
+/// the simulator was never called for.
+#[derive(Debug)]
 pub struct Simulator {
-    orders: Mutex<HashMap<OrderId, OrderState>>,
+    orders: Mutex<Orders>,
+}
+
+/// The orders remembered, and in which order they came.
+#[derive(Debug)]
+struct Orders {
+    by_id: HashMap<OrderId, OrderState>,
+    arrival: VecDeque<OrderId>,
+    capacity: usize,
 }
 
 /// What the simulator did for one order, and how often it was called for it.
@@ -43,12 +62,26 @@ struct OrderState {
     capture_calls: u32,
     refund_calls: u32,
     cancel_calls: u32,
-    /// The capture's reference, once the money was taken.
-    captured: Option<String>,
-    /// The refund's reference, once the capture was paid back.
-    refunded: Option<String>,
+    /// The money was taken (the reference is `sim-cap-<order id>`).
+    captured: bool,
+    /// The capture was paid back (the reference is `sim-ref-<order id>`).
+    refunded: bool,
     /// Cancelled before any capture: no capture will ever be made.
     voided: bool,
+}
+
+fn capture_reference(order_id: OrderId) -> String {
+    format!("sim-cap-{order_id}")
+}
+
+fn refund_reference(order_id: OrderId) -> String {
+    format!("sim-ref-{order_id}")
+}
+
+impl Default for Simulator {
+    fn default() -> Self {
+        Self::with_capacity(DEFAULT_CAPACITY)
+    }
 }
 
 impl Simulator {
@@ -56,32 +89,74 @@ impl Simulator {
         Self::default()
     }
 
+    /// A simulator that remembers the last `capacity` orders (at least one).
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            orders: Mutex::new(Orders {
+                by_id: HashMap::new(),
+                arrival: VecDeque::new(),
+                capacity: capacity.max(1),
+            }),
+        }
+    }
+
     /// How many capture calls the order received (for tests: a capture must not be repeated).
     pub fn capture_calls(&self, order_id: OrderId) -> u32 {
-        self.with_order(order_id, |o| o.capture_calls)
+        self.read_order(order_id, |o| o.capture_calls)
     }
 
     /// How many refund calls the order received (cancels not included).
     pub fn refund_calls(&self, order_id: OrderId) -> u32 {
-        self.with_order(order_id, |o| o.refund_calls)
+        self.read_order(order_id, |o| o.refund_calls)
     }
 
     /// How many cancel calls the order received.
     pub fn cancel_calls(&self, order_id: OrderId) -> u32 {
-        self.with_order(order_id, |o| o.cancel_calls)
+        self.read_order(order_id, |o| o.cancel_calls)
     }
 
     /// Whether money is taken for the order and not paid back, at the provider.
     pub fn holds_money(&self, order_id: OrderId) -> bool {
-        self.with_order(order_id, |o| o.captured.is_some() && o.refunded.is_none())
+        self.read_order(order_id, |o| o.captured && !o.refunded)
     }
 
-    /// Runs `f` on the order's state, under the lock: one decision per order at a time. A
-    /// panic elsewhere while holding the lock cannot leave a state half-written (each decision
-    /// is made before it is written), so a poisoned lock is still usable.
+    /// How many orders it remembers.
+    pub fn remembered(&self) -> usize {
+        self.lock().by_id.len()
+    }
+
+    /// A panic elsewhere while holding the lock cannot leave a state half-written (each
+    /// decision is made before it is written), so a poisoned lock is still usable.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Orders> {
+        self.orders.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` on what is known of the order, without remembering it.
+    fn read_order<T>(&self, order_id: OrderId, f: impl FnOnce(&OrderState) -> T) -> T {
+        match self.lock().by_id.get(&order_id) {
+            Some(order) => f(order),
+            None => f(&OrderState::default()),
+        }
+    }
+
+    /// Runs `f` on the order's state, under the lock: one decision per order at a time. An
+    /// order not remembered yet is, and the oldest is forgotten if that makes one too many.
     fn with_order<T>(&self, order_id: OrderId, f: impl FnOnce(&mut OrderState) -> T) -> T {
-        let mut orders = self.orders.lock().unwrap_or_else(PoisonError::into_inner);
-        f(orders.entry(order_id).or_default())
+        let mut orders = self.lock();
+        let Orders {
+            by_id,
+            arrival,
+            capacity,
+        } = &mut *orders;
+        if !by_id.contains_key(&order_id) {
+            if by_id.len() >= *capacity
+                && let Some(oldest) = arrival.pop_front()
+            {
+                by_id.remove(&oldest);
+            }
+            arrival.push_back(order_id);
+        }
+        f(by_id.entry(order_id).or_default())
     }
 
     fn decide_capture(
@@ -99,18 +174,19 @@ impl Simulator {
                 })
             };
             // The same reference for every capture of an order: the port's idempotency promise.
-            if let Some(reference) = &order.captured {
+            if order.captured {
                 return Ok(CaptureOutcome::Captured {
-                    reference: reference.clone(),
+                    reference: capture_reference(order_id),
                 });
             }
             if order.voided {
                 return declined(DeclineCode::Voided, "voided");
             }
             let mut capture = || {
-                let reference = format!("sim-cap-{order_id}");
-                order.captured = Some(reference.clone());
-                Ok(CaptureOutcome::Captured { reference })
+                order.captured = true;
+                Ok(CaptureOutcome::Captured {
+                    reference: capture_reference(order_id),
+                })
             };
             match token {
                 TOKEN_SUCCESS => capture(),
@@ -128,28 +204,23 @@ impl Simulator {
     fn decide_refund(&self, order_id: OrderId) -> String {
         self.with_order(order_id, |order| {
             order.refund_calls += 1;
-            order
-                .refunded
-                .get_or_insert_with(|| format!("sim-ref-{order_id}"))
-                .clone()
+            order.refunded = true;
+            refund_reference(order_id)
         })
     }
 
     fn decide_cancel(&self, order_id: OrderId) -> CancelOutcome {
         self.with_order(order_id, |order| {
             order.cancel_calls += 1;
-            match order.captured.clone() {
-                Some(capture_reference) => CancelOutcome::Refunded {
-                    capture_reference,
-                    refund_reference: order
-                        .refunded
-                        .get_or_insert_with(|| format!("sim-ref-{order_id}"))
-                        .clone(),
-                },
-                None => {
-                    order.voided = true;
-                    CancelOutcome::Voided
+            if order.captured {
+                order.refunded = true;
+                CancelOutcome::Refunded {
+                    capture_reference: capture_reference(order_id),
+                    refund_reference: refund_reference(order_id),
                 }
+            } else {
+                order.voided = true;
+                CancelOutcome::Voided
             }
         })
     }
@@ -329,5 +400,40 @@ mod tests {
                 })
             );
         }
+    }
+
+    #[tokio::test]
+    async fn it_remembers_the_last_orders_up_to_its_capacity() {
+        let sim = Simulator::with_capacity(2);
+        for n in 1..=3 {
+            let captured = sim.capture(order(n), eur(100), TOKEN_SUCCESS).await;
+            assert_eq!(
+                captured,
+                Ok(CaptureOutcome::Captured {
+                    reference: format!("sim-cap-{}", order(n))
+                })
+            );
+        }
+        assert_eq!(sim.remembered(), 2);
+        // The oldest is forgotten; the two latest are still known.
+        assert_eq!(sim.capture_calls(order(1)), 0);
+        assert!(!sim.holds_money(order(1)));
+        assert!(sim.holds_money(order(2)) && sim.holds_money(order(3)));
+        // Asking about an order does not make it remembered.
+        assert_eq!(sim.remembered(), 2);
+        // A void is remembered like a capture, and pushes out the oldest.
+        assert_eq!(
+            sim.cancel(order(4), eur(100)).await,
+            Ok(CancelOutcome::Voided)
+        );
+        assert!(!sim.holds_money(order(2)) && sim.holds_money(order(3)));
+        assert_eq!(
+            sim.capture(order(4), eur(100), TOKEN_SUCCESS).await,
+            Ok(CaptureOutcome::Declined {
+                code: DeclineCode::Voided,
+                detail: "voided".to_owned()
+            })
+        );
+        assert_eq!(sim.remembered(), 2);
     }
 }
