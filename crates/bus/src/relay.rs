@@ -55,6 +55,9 @@ use tracing::Instrument as _;
 
 use crate::message::event_headers;
 
+/// How soon a relay that has just published looks at the outbox again, notified or not.
+const BUSY_POLL: Duration = Duration::from_millis(5);
+
 /// Tuning of a relay.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -262,27 +265,39 @@ impl Relay {
             .await?;
         let mut listener = PgListener::connect_with(&listening).await?;
         listener.listen(OUTBOX_CHANNEL).await?;
+        let mut wait = self.config.poll_interval;
         loop {
-            self.drain(lock.connection(), shutdown).await?;
+            let busy = self.drain(lock.connection(), shutdown).await?;
+            // A commit that raced with the last read of a busy outbox sends no notification
+            // (the trigger saw older rows, since deleted): look again soon while work comes
+            // in, and back off to the poll interval once it stops.
+            wait = if busy {
+                BUSY_POLL.min(self.config.poll_interval)
+            } else {
+                (wait * 2).min(self.config.poll_interval)
+            };
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
                 notified = listener.recv() => { notified?; }
-                () = tokio::time::sleep(self.config.poll_interval) => {}
+                () = tokio::time::sleep(wait) => {}
             }
         }
     }
 
-    /// Publishes outbox batches until a read finds the outbox empty, or shutdown is asked for.
+    /// Publishes outbox batches until a read finds the outbox empty, or shutdown is asked for;
+    /// whether it published anything.
     async fn drain(
         &self,
         conn: &mut PgConnection,
         shutdown: &CancellationToken,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<bool> {
+        let mut busy = false;
         while !shutdown.is_cancelled() {
             let batch = Store::outbox_batch(conn, self.config.batch_size).await?;
             if batch.is_empty() {
-                return Ok(());
+                return Ok(busy);
             }
+            busy = true;
             let published = publish_events(&self.js, &self.stream, &batch).await;
             if let Some(observer) = &self.observer
                 && !published.acked.is_empty()
@@ -298,12 +313,12 @@ impl Relay {
             if let Some(failure) = published.failure {
                 tracing::warn!(stream = %self.stream.name(), error = format!("{failure:#}"), "publish failed; retrying");
                 tokio::select! {
-                    () = shutdown.cancelled() => return Ok(()),
+                    () = shutdown.cancelled() => return Ok(busy),
                     () = tokio::time::sleep(self.config.retry_delay) => {}
                 }
             }
         }
-        Ok(())
+        Ok(busy)
     }
 }
 
