@@ -42,6 +42,7 @@ use events::{BoundedContext, Metadata, headers};
 use eventstore::{DeadlineHandler, Store, Ticker};
 use futures::StreamExt;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -95,6 +96,9 @@ impl Settings {
         })
     }
 }
+
+/// How many requests of one command endpoint run at once.
+const COMMANDS_IN_FLIGHT: usize = 64;
 
 /// Runs one command request and answers it, in a span that the events it appends carry on.
 async fn answer<C: Commands>(
@@ -379,9 +383,20 @@ impl Host {
                 .map_err(|e| anyhow::anyhow!("cannot add endpoint {subject}: {e}"))?;
             let commands = Arc::clone(&commands);
             let token = self.shutdown.clone();
-            let metrics = self.metrics.command(name);
+            let metrics = Arc::new(self.metrics.command(name));
             self.tasks.spawn(async move {
+                // Requests run side by side, up to a bound, so that concurrent commands share
+                // the event store's group commits; one at a time, every command would wait for
+                // a commit of its own.
+                let in_flight = Arc::new(Semaphore::new(COMMANDS_IN_FLIGHT));
+                let mut running = JoinSet::new();
                 loop {
+                    let permit = tokio::select! {
+                        () = token.cancelled() => break,
+                        permit = Arc::clone(&in_flight).acquire_owned() => {
+                            permit.expect("the semaphore is never closed")
+                        }
+                    };
                     let request = tokio::select! {
                         () = token.cancelled() => break,
                         request = endpoint.next() => match request {
@@ -389,8 +404,17 @@ impl Host {
                             None => break,
                         },
                     };
-                    answer(&*commands, context, name, &subject, request, &metrics).await;
+                    while running.try_join_next().is_some() {}
+                    let commands = Arc::clone(&commands);
+                    let metrics = Arc::clone(&metrics);
+                    let subject = subject.clone();
+                    running.spawn(async move {
+                        answer(&*commands, context, name, &subject, request, &metrics).await;
+                        drop(permit);
+                    });
                 }
+                // The commands in hand are finished and answered before the service stops.
+                while running.join_next().await.is_some() {}
                 (format!("endpoint {subject}"), Ok(()))
             });
         }
