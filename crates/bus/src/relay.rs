@@ -75,6 +75,10 @@ pub struct RelayConfig {
     /// Unanswered probes after which PostgreSQL ends the session and releases the lock
     /// (`tcp_keepalives_count`).
     pub keepalive_count: u32,
+    /// Rows deleted from the outbox between two vacuums of it by the relay. Every published
+    /// row leaves a dead tuple that each read of the outbox's head steps over until a vacuum:
+    /// the relay does not leave this to autovacuum, which may be off or a minute away.
+    pub vacuum_every: usize,
 }
 
 impl RelayConfig {
@@ -104,6 +108,7 @@ impl Default for RelayConfig {
             keepalive_idle: Duration::from_secs(10),
             keepalive_interval: Duration::from_secs(5),
             keepalive_count: 3,
+            vacuum_every: 10_000,
         }
     }
 }
@@ -148,11 +153,15 @@ impl RelayLock {
             .context("cannot connect to the event store")?;
         let (idle, interval, count) = config.keepalive();
         let user_timeout_ms = config.failover_bound().as_millis().to_string();
+        // The session's only writes are the deletions of published rows, and they need not
+        // wait for the disk: a deletion lost in a crash publishes its rows again, which
+        // JetStream drops as duplicates (and the consumers' inboxes would skip).
         sqlx::query(
             "SELECT set_config('tcp_keepalives_idle', $1, false), \
                     set_config('tcp_keepalives_interval', $2, false), \
                     set_config('tcp_keepalives_count', $3, false), \
-                    set_config('tcp_user_timeout', $4, false)",
+                    set_config('tcp_user_timeout', $4, false), \
+                    set_config('synchronous_commit', 'off', false)",
         )
         .bind(idle.to_string())
         .bind(interval.to_string())
@@ -266,8 +275,11 @@ impl Relay {
         let mut listener = PgListener::connect_with(&listening).await?;
         listener.listen(OUTBOX_CHANNEL).await?;
         let mut wait = self.config.poll_interval;
+        let mut removed = 0;
         loop {
-            let busy = self.drain(lock.connection(), shutdown).await?;
+            let busy = self
+                .drain(lock.connection(), shutdown, &mut removed)
+                .await?;
             // A commit that raced with the last read of a busy outbox sends no notification
             // (the trigger saw older rows, since deleted): look again soon while work comes
             // in, and back off to the poll interval once it stops.
@@ -285,11 +297,13 @@ impl Relay {
     }
 
     /// Publishes outbox batches until a read finds the outbox empty, or shutdown is asked for;
-    /// whether it published anything.
+    /// whether it published anything. `removed` counts the rows deleted since the outbox was
+    /// last vacuumed.
     async fn drain(
         &self,
         conn: &mut PgConnection,
         shutdown: &CancellationToken,
+        removed: &mut usize,
     ) -> anyhow::Result<bool> {
         let mut busy = false;
         while !shutdown.is_cancelled() {
@@ -310,6 +324,11 @@ impl Relay {
                 observer.published(&events, published.duplicates);
             }
             Store::outbox_remove(conn, &published.acked).await?;
+            *removed += published.acked.len();
+            if *removed >= self.config.vacuum_every {
+                Store::outbox_vacuum(conn).await?;
+                *removed = 0;
+            }
             if let Some(failure) = published.failure {
                 tracing::warn!(stream = %self.stream.name(), error = format!("{failure:#}"), "publish failed; retrying");
                 tokio::select! {

@@ -6,7 +6,7 @@
 //!   a transient failure: nothing is committed and the consumer retries with backoff; the
 //!   provider's idempotency per order makes the retry safe. A `StockReserved` that arrives
 //!   before its `OrderPlaced` (the two come from different streams, through different
-//!   consumers) is transient too: the request is on its way.
+//!   consumers) is early: the request is on its way, and the capture is retried soon.
 //! - `OrderCancelled`: cancel the payment, a compensation: refund what was captured
 //!   (`PaymentRefunded`). A payment not captured as far as payments knows is cancelled at the
 //!   provider, which decides per order (ADR 0009): `PaymentVoided` if nothing was taken, or
@@ -115,10 +115,11 @@ impl Reactions {
             .await
         {
             Ok(_) => Ok(()),
-            // Inventory's stream overtook ordering's: the request will come, so try again later.
-            // A request that never comes runs out of attempts and is dead-lettered, visibly.
+            // Inventory's stream overtook ordering's: the request will come, usually within
+            // milliseconds, so try again soon. A request that never comes runs out of attempts
+            // and is dead-lettered, visibly.
             Err(CommandError::Rejected(PaymentError::NotRequested)) => {
-                Err(HandlerError::transient(format!(
+                Err(HandlerError::early(format!(
                     "stock reserved for order {order_id}, whose OrderPlaced payments has not handled yet"
                 )))
             }

@@ -14,7 +14,9 @@ use uuid::Uuid;
 use crate::{PATIENCE, World, new_store};
 
 /// Mirrors the ledger's accounts into a store of its own. Deposits of 99 always fail
-/// transiently; deposits of 7 fail transiently on their first two deliveries.
+/// transiently; deposits of 7 fail transiently on their first two deliveries. Deposits of 98
+/// always arrive early; deposits of 8 arrive early on their first four deliveries, more than
+/// the spec's attempts for other transient failures.
 struct Mirror {
     accounts: Repository<Account>,
 }
@@ -27,6 +29,12 @@ impl Handler for Mirror {
             }
             AccountEvent::Deposited(Deposited { amount: 7 }) if message.delivered < 3 => {
                 return Err(HandlerError::transient("the mirror is busy for now"));
+            }
+            AccountEvent::Deposited(Deposited { amount: 98 }) => {
+                return Err(HandlerError::early("the account is not opened yet"));
+            }
+            AccountEvent::Deposited(Deposited { amount: 8 }) if message.delivered < 5 => {
+                return Err(HandlerError::early("the account is not opened yet"));
             }
             AccountEvent::Deposited(d) => AccountCommand::Deposit(d.amount),
             AccountEvent::Withdrawn(w) => AccountCommand::Withdraw(w.amount),
@@ -265,6 +273,8 @@ async fn bad_messages_are_dead_lettered_with_their_error_and_the_rest_are_handle
         .unwrap();
     // Always fails transiently: dead-lettered after 3 attempts.
     deposit(&world, "d", 1, 99).await;
+    // Always arrives early: dead-lettered after 3 + 4 attempts.
+    deposit(&world, "f", 1, 98).await;
     // Refused by the mirror's aggregate for good.
     let id = Uuid::now_v7();
     publish(
@@ -279,8 +289,8 @@ async fn bad_messages_are_dead_lettered_with_their_error_and_the_rest_are_handle
     deposit(&world, "a", 2, 6).await;
 
     let running = Running::start(&world, spec(&world)).await;
-    wait_until("4 dead letters", PATIENCE, || async {
-        world.message_count(DEAD_LETTER_STREAM).await == 4
+    wait_until("5 dead letters", PATIENCE, || async {
+        world.message_count(DEAD_LETTER_STREAM).await == 5
     })
     .await
     .unwrap();
@@ -336,17 +346,27 @@ async fn bad_messages_are_dead_lettered_with_their_error_and_the_rest_are_handle
         "{e:?}"
     );
     assert_eq!(e.header(headers::DLQ_ATTEMPTS), "1");
+    let f = by_aggregate("f");
+    assert!(
+        f.header(headers::DLQ_ERROR)
+            .contains("gave up after 7 attempts: the account is not opened yet"),
+        "{f:?}"
+    );
+    assert_eq!(f.header(headers::DLQ_ATTEMPTS), "7");
     running.stop().await;
 }
 
 #[tokio::test]
-async fn a_transient_failure_is_retried_with_backoff_and_then_succeeds_once() {
+async fn a_transient_or_early_failure_is_retried_and_then_succeeds_once() {
     let world = World::new().await;
     deposit(&world, "a", 1, 7).await;
+    // Early on 4 deliveries, one more than the spec's 3 attempts: still handled.
+    deposit(&world, "b", 1, 8).await;
     let running = Running::start(&world, spec(&world)).await;
     drained(&world, "mirror-from-ledger").await;
     assert_eq!(running.balance("a").await, 7);
-    assert_eq!(running.count("SELECT count(*) FROM events").await, 1);
+    assert_eq!(running.balance("b").await, 8);
+    assert_eq!(running.count("SELECT count(*) FROM events").await, 2);
     assert_eq!(world.message_count(DEAD_LETTER_STREAM).await, 0);
     running.stop().await;
 }

@@ -326,6 +326,46 @@ async fn an_event_committed_late_with_a_lower_position_is_published_before_its_s
 
 /// The lock connection asks PostgreSQL to probe the relay's host and end its session (and with
 /// it the lock) when the host is gone, instead of after the system's two-hour default.
+/// Published rows leave dead tuples in the outbox; the relay vacuums it every
+/// `vacuum_every` deletions rather than rely on autovacuum.
+#[tokio::test]
+async fn the_relay_vacuums_the_outbox_it_empties() {
+    let world = World::new().await;
+    let accounts = Repository::<Account>::new(world.store.clone(), ());
+    for i in 0..25 {
+        accounts
+            .handle(&format!("acc-{i}"), AccountCommand::Deposit(1), &meta())
+            .await
+            .unwrap();
+    }
+    let vacuums = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'outbox'",
+        )
+        .fetch_one(world.store.pool())
+        .await
+        .unwrap()
+    };
+    assert_eq!(vacuums().await, 0);
+    let shutdown = CancellationToken::new();
+    let relay = Relay::new(world.store.clone(), world.js.clone(), world.ledger.clone())
+        .with_config(RelayConfig {
+            batch_size: 10,
+            vacuum_every: 20,
+            ..fast()
+        });
+    let task = tokio::spawn(relay.run(shutdown.clone()));
+    outbox_drained(&world).await;
+    wait_until("a vacuum of the outbox", PATIENCE, || async {
+        vacuums().await == 1
+    })
+    .await
+    .unwrap();
+    assert_eq!(world.message_count("LEDGER").await, 25);
+    shutdown.cancel();
+    task.await.unwrap();
+}
+
 #[tokio::test]
 async fn the_lock_connection_has_a_short_server_side_keepalive() {
     let world = World::new().await;
@@ -347,6 +387,7 @@ async fn the_lock_connection_has_a_short_server_side_keepalive() {
         "tcp_keepalives_interval",
         "tcp_keepalives_count",
         "tcp_user_timeout",
+        "synchronous_commit",
     ] {
         let row = show(setting).fetch_one(lock.connection()).await.unwrap();
         let value: String = sqlx::Row::get(&row, 0);
@@ -354,8 +395,8 @@ async fn the_lock_connection_has_a_short_server_side_keepalive() {
     }
     assert_eq!(
         settings,
-        ["7", "2", "4", "15000"],
-        "keepalive of the lock session"
+        ["7", "2", "4", "15000", "off"],
+        "keepalive of the lock session; its deletions do not wait for the disk"
     );
 
     // The defaults: the lock is released at most 25 s after the relay's host vanished.
