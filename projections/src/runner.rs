@@ -137,7 +137,12 @@ impl From<sqlx::Error> for SessionError {
 /// One stream's position per source context.
 pub(crate) type Positions = BTreeMap<BoundedContext, u64>;
 
-type Item = (BoundedContext, Result<jetstream::Message, String>);
+/// A message from a source stream, with its stream sequence and the time the stream stored it
+/// (microseconds since the epoch), read from its JetStream info once.
+type Item = (
+    BoundedContext,
+    Result<(jetstream::Message, u64, i64), String>,
+);
 type Reader = Pin<Box<dyn Stream<Item = Item> + Send>>;
 
 /// A message as the reader hands it to the writer: already decoded, so that decoding the next
@@ -148,7 +153,7 @@ struct Incoming {
     sequence: u64,
     read: Read,
     /// Kept for a poison message only: it is copied to the dead letters as it came.
-    message: Option<jetstream::Message>,
+    message: Option<Box<jetstream::Message>>,
     /// A live writer's span of the message, in the trace of its headers; it ends when the
     /// batch it is in has committed.
     span: Option<tracing::Span>,
@@ -185,7 +190,7 @@ struct WriterLock {
 /// What a bulk runner applied, as committed: the last event per aggregate (type, then id).
 #[derive(Debug, Default)]
 struct Bulk {
-    applied: HashMap<String, HashMap<String, Applied>>,
+    applied: HashMap<String, HashMap<String, Applied, FastHash>, FastHash>,
     entries: usize,
     /// `applied` in the table holds rows written earlier (a spill): an aggregate missing here
     /// may be there.
@@ -482,23 +487,17 @@ impl Runner {
         let (live, projection) = (self.live, self.projection);
         let _reading = AbortOnDrop(tokio::spawn(async move {
             while let Some((context, message)) = merged.next().await {
-                let incoming = message.and_then(|message| {
-                    let info = message
-                        .info()
-                        .map_err(|e| format!("not a JetStream message: {e}"))?;
-                    let sequence = info.stream_sequence;
-                    let published =
-                        i64::try_from(info.published.unix_timestamp_nanos() / 1_000).unwrap_or(0);
+                let incoming = message.map(|(message, sequence, published)| {
                     let read = source::read(context, &message, published, aggregate_types);
                     let span = live.then(|| message_span(projection, context, sequence, &message));
-                    let message = matches!(read, Read::Poison(_)).then_some(message);
-                    Ok(Incoming {
+                    let message = matches!(read, Read::Poison(_)).then(|| Box::new(message));
+                    Incoming {
                         context,
                         sequence,
                         read,
                         message,
                         span,
-                    })
+                    }
                 });
                 let incoming = incoming.map_err(|e| (context, e));
                 if sender.send(incoming).await.is_err() {
@@ -616,7 +615,18 @@ impl Runner {
             .messages()
             .await
             .with_context(|| format!("cannot read stream {stream}"))?
-            .map(move |m| (context, m.map_err(|e| e.to_string())));
+            .map(move |m| {
+                let m = m.map_err(|e| e.to_string()).and_then(|message| {
+                    let info = message
+                        .info()
+                        .map_err(|e| format!("not a JetStream message: {e}"))?;
+                    let sequence = info.stream_sequence;
+                    let published =
+                        i64::try_from(info.published.unix_timestamp_nanos() / 1_000).unwrap_or(0);
+                    Ok((message, sequence, published))
+                });
+                (context, m)
+            });
         let Some(until) = until else {
             return Ok(Box::pin(messages));
         };
@@ -627,12 +637,7 @@ impl Runner {
                     return None;
                 }
                 let item = messages.next().await?;
-                let last = match &item.1 {
-                    Ok(message) => message
-                        .info()
-                        .is_ok_and(|info| info.stream_sequence >= until),
-                    Err(_) => false,
-                };
+                let last = matches!(item.1, Ok((_, sequence, _)) if sequence >= until);
                 Some((item, (messages, last)))
             });
         Ok(Box::pin(bounded))
@@ -678,7 +683,7 @@ impl Runner {
             *per_stream.entry(context).or_insert(0) += 1;
             spans.extend(span);
             match (what, message) {
-                (Read::Event(event), _) => events.push(*event),
+                (Read::Event(event), _) => events.push(event),
                 (Read::Poison(reason), Some(message)) => poison.push((message, reason)),
                 (Read::Ignored | Read::Poison(_), _) => {}
             }
@@ -732,11 +737,15 @@ impl Runner {
     }
 
     /// One transaction: checkpoints (compare-and-set), new events, `applied`, notification.
+    #[allow(
+        clippy::vec_box,
+        reason = "the reader boxed each event; unboxing would copy every one again"
+    )]
     async fn commit(
         &self,
         from: &Positions,
         to: &Positions,
-        events: Vec<SourceEvent>,
+        events: Vec<Box<SourceEvent>>,
     ) -> Result<u64, SessionError> {
         let mut tx = self.begin().await?;
         if let Some(lock) = self.writer_lock {
@@ -783,7 +792,8 @@ impl Runner {
         }
 
         // The last event applied per aggregate of the batch: known ones are skipped.
-        let mut last: HashMap<(&str, &str), Last> = HashMap::new();
+        let mut last: HashMap<(&str, &str), Last, FastHash> =
+            HashMap::with_capacity_and_hasher(events.len(), FastHash::default());
         for event in &events {
             last.entry((&event.aggregate_type, &event.aggregate_id))
                 .or_default();
@@ -840,7 +850,7 @@ impl Runner {
             entry.sequence = event.sequence;
             entry.position = entry.position.max(event.position);
             entry.touched = true;
-            fresh.push(event);
+            fresh.push(&**event);
         }
         model::apply(self.projection, &mut tx, &fresh).await?;
 
@@ -932,6 +942,12 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// The hasher of the maps keyed by aggregate (every event of a batch goes through them):
+/// foldhash, seeded per map, a few times faster than the standard SipHash on ids of a few dozen
+/// bytes. It is not built to withstand collisions crafted against it; the keys are aggregate
+/// ids from the projection's own streams.
+type FastHash = foldhash::fast::RandomState;
+
 #[derive(Debug, Default)]
 struct Last {
     sequence: i64,
@@ -950,7 +966,8 @@ async fn upsert_applied(
 ) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO applied AS a (aggregate_type, aggregate_id, sequence, position) \
-         SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) \
+         SELECT unnest($1::text[]), unnest($2::text[]), unnest($3::bigint[]), \
+             unnest($4::bigint[]) \
          ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET \
              sequence = EXCLUDED.sequence, \
              position = GREATEST(a.position, EXCLUDED.position)",

@@ -60,13 +60,14 @@ pub(crate) enum Read {
     Poison(String),
 }
 
-/// The envelope as a projection reads it.
+/// The envelope as a projection reads it, borrowing from the message's headers: a message the
+/// projection passes over allocates nothing here.
 #[derive(Debug)]
-struct Envelope {
-    event_type: String,
+struct Envelope<'a> {
+    event_type: Cow<'a, str>,
     schema_version: u32,
-    aggregate_type: String,
-    aggregate_id: String,
+    aggregate_type: Cow<'a, str>,
+    aggregate_id: Cow<'a, str>,
     sequence: u64,
     position: Option<i64>,
     occurred_at: Option<DateTime<Utc>>,
@@ -74,6 +75,11 @@ struct Envelope {
 
 /// Header values cannot hold line breaks; other control characters have no business there.
 fn clean(value: &str) -> Cow<'_, str> {
+    // Printable ASCII, as the relay's values are, holds no control character: checked a byte
+    // at a time, without decoding characters.
+    if value.bytes().all(|b| matches!(b, b' '..=b'~')) {
+        return Cow::Borrowed(value);
+    }
     if value.chars().any(char::is_control) {
         Cow::Owned(value.chars().filter(|c| !c.is_control()).collect())
     } else {
@@ -81,10 +87,10 @@ fn clean(value: &str) -> Cow<'_, str> {
     }
 }
 
-impl Envelope {
+impl<'a> Envelope<'a> {
     /// Reads the envelope headers, as `bus::Received::parse` does (same checks, in the same
     /// order, with the same errors).
-    fn parse(message: &jetstream::Message) -> Result<Self, String> {
+    fn parse(message: &'a jetstream::Message) -> Result<Self, String> {
         let mut event_id = None;
         let mut event_type = None;
         let mut schema_version = None;
@@ -122,13 +128,13 @@ impl Envelope {
         }
         let _: sqlx::types::Uuid = parse(headers::EVENT_ID, require(headers::EVENT_ID, event_id)?)?;
         Ok(Self {
-            event_type: require(headers::EVENT_TYPE, event_type)?.into_owned(),
+            event_type: require(headers::EVENT_TYPE, event_type)?,
             schema_version: parse(
                 headers::SCHEMA_VERSION,
                 require(headers::SCHEMA_VERSION, schema_version)?,
             )?,
-            aggregate_type: require(headers::AGGREGATE_TYPE, aggregate_type)?.into_owned(),
-            aggregate_id: require(headers::AGGREGATE_ID, aggregate_id)?.into_owned(),
+            aggregate_type: require(headers::AGGREGATE_TYPE, aggregate_type)?,
+            aggregate_id: require(headers::AGGREGATE_ID, aggregate_id)?,
             sequence: parse(headers::SEQUENCE, require(headers::SEQUENCE, sequence)?)?,
             position: position.and_then(|p| p.parse().ok()),
             occurred_at: occurred_at
@@ -150,7 +156,7 @@ pub(crate) fn read(
         Ok(received) => received,
         Err(reason) => return Read::Poison(reason),
     };
-    if !aggregate_types.contains(&received.aggregate_type.as_str()) {
+    if !aggregate_types.contains(&&*received.aggregate_type) {
         return Read::Ignored;
     }
     let Ok(sequence) = i64::try_from(received.sequence) else {
@@ -175,12 +181,12 @@ pub(crate) fn read(
         .unwrap_or_else(|| DateTime::from_timestamp_micros(published).unwrap_or_default());
     Read::Event(Box::new(SourceEvent {
         context,
-        aggregate_type: received.aggregate_type,
-        aggregate_id: received.aggregate_id,
+        aggregate_type: received.aggregate_type.into_owned(),
+        aggregate_id: received.aggregate_id.into_owned(),
         sequence,
         position: received.position.unwrap_or(0),
         occurred_at,
-        event_type: received.event_type,
+        event_type: received.event_type.into_owned(),
         fact,
     }))
 }
@@ -447,5 +453,8 @@ mod tests {
     fn control_characters_are_taken_out_of_header_values() {
         assert!(matches!(clean("order"), Cow::Borrowed("order")));
         assert_eq!(clean("ord\u{0}er\u{7f}"), "order");
+        // Beyond ASCII: letters stay, C1 controls go.
+        assert!(matches!(clean("Zürich"), Cow::Borrowed("Zürich")));
+        assert_eq!(clean("Zü\u{85}rich\u{9f}"), "Zürich");
     }
 }

@@ -11,7 +11,9 @@
 //! until `placed_at` is set. Timeline entries are ordered when read.
 //!
 //! A batch is folded in memory into one change per order, then written with three statements
-//! (orders, lines, timeline), each over arrays.
+//! (orders, lines, timeline), each over arrays (unnested in the select list, which PostgreSQL
+//! streams row by row; `FROM unnest(...)` of several arrays is a function scan that first
+//! copies every row into a tuplestore).
 
 use std::collections::BTreeMap;
 
@@ -20,7 +22,7 @@ use events::inventory::{AllocationEvent, ReleaseReason};
 use events::ordering::{OrderEvent, RejectionReason};
 use events::payments::PaymentEvent;
 use events::shipping::ShipmentEvent;
-use sqlx::PgConnection;
+use sqlx::{Connection as _, PgConnection};
 
 use crate::source::{Fact, SourceEvent};
 
@@ -73,12 +75,12 @@ struct Lines {
 }
 
 #[derive(Debug, Default)]
-struct Timeline {
+struct Timeline<'a> {
     order_id: Vec<String>,
-    aggregate_type: Vec<String>,
+    aggregate_type: Vec<&'a str>,
     sequence: Vec<i64>,
     context: Vec<&'static str>,
-    event_type: Vec<String>,
+    event_type: Vec<&'a str>,
     occurred_at: Vec<DateTime<Utc>>,
     detail: Vec<String>,
 }
@@ -93,10 +95,10 @@ pub(crate) async fn apply(conn: &mut PgConnection, events: &[&SourceEvent]) -> s
             continue;
         };
         timeline.order_id.push(order_id);
-        timeline.aggregate_type.push(event.aggregate_type.clone());
+        timeline.aggregate_type.push(&event.aggregate_type);
         timeline.sequence.push(event.sequence);
         timeline.context.push(event.context.name());
-        timeline.event_type.push(event.event_type.clone());
+        timeline.event_type.push(&event.event_type);
         timeline.occurred_at.push(event.occurred_at);
         timeline.detail.push(detail);
     }
@@ -126,9 +128,11 @@ pub(crate) async fn apply(conn: &mut PgConnection, events: &[&SourceEvent]) -> s
         "INSERT INTO orders AS o (order_id, customer_id, status, rejection_reason, \
              cancellation_reason, total_minor, currency, placed_at, stock_status, payment_status, \
              captured_minor, refunded_minor, shipment_status, tracking_number, updated_at) \
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-             $6::bigint[], $7::text[], $8::timestamptz[], $9::text[], $10::text[], $11::bigint[], \
-             $12::bigint[], $13::text[], $14::text[], $15::timestamptz[]) \
+         SELECT unnest($1::text[]), unnest($2::text[]), unnest($3::text[]), unnest($4::text[]), \
+             unnest($5::text[]), unnest($6::bigint[]), unnest($7::text[]), \
+             unnest($8::timestamptz[]), unnest($9::text[]), unnest($10::text[]), \
+             unnest($11::bigint[]), unnest($12::bigint[]), unnest($13::text[]), \
+             unnest($14::text[]), unnest($15::timestamptz[]) \
          ON CONFLICT (order_id) DO UPDATE SET \
              customer_id = COALESCE(EXCLUDED.customer_id, o.customer_id), \
              status = COALESCE(EXCLUDED.status, o.status), \
@@ -163,13 +167,50 @@ pub(crate) async fn apply(conn: &mut PgConnection, events: &[&SourceEvent]) -> s
     .execute(&mut *conn)
     .await?;
 
-    if !lines.order_id.is_empty() {
-        sqlx::query(
-            "INSERT INTO order_lines (order_id, line_no, sku, quantity, unit_price_minor, currency) \
-             SELECT * FROM unnest($1::text[], $2::integer[], $3::text[], $4::bigint[], \
-                 $5::bigint[], $6::text[]) \
-             ON CONFLICT DO NOTHING",
-        )
+    // New lines and timeline entries conflict with existing rows only in corner cases (two
+    // aggregates of one type about the same order, with the same sequence): they are inserted
+    // as they are, which spares PostgreSQL a look-up per row, and only if that fails on a key
+    // are they inserted again, skipping the rows already there, as they would have been.
+    let mut savepoint = conn.begin().await?;
+    let inserted = async {
+        insert_lines(&mut savepoint, &lines, false).await?;
+        insert_timeline(&mut savepoint, &timeline, false).await
+    }
+    .await;
+    match inserted {
+        Ok(()) => savepoint.commit().await?,
+        Err(e)
+            if e.as_database_error()
+                .is_some_and(|e| e.is_unique_violation()) =>
+        {
+            savepoint.rollback().await?;
+            insert_lines(conn, &lines, true).await?;
+            insert_timeline(conn, &timeline, true).await?;
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(())
+}
+
+/// Inserts `lines`; `existing` skips those whose key is taken, instead of failing.
+async fn insert_lines(conn: &mut PgConnection, lines: &Lines, existing: bool) -> sqlx::Result<()> {
+    if lines.order_id.is_empty() {
+        return Ok(());
+    }
+    macro_rules! insert {
+        () => {
+            "INSERT INTO order_lines \
+                 (order_id, line_no, sku, quantity, unit_price_minor, currency) \
+             SELECT unnest($1::text[]), unnest($2::integer[]), unnest($3::text[]), \
+                 unnest($4::bigint[]), unnest($5::bigint[]), unnest($6::text[])"
+        };
+    }
+    let sql = if existing {
+        concat!(insert!(), " ON CONFLICT DO NOTHING")
+    } else {
+        insert!()
+    };
+    sqlx::query(sql)
         .bind(&lines.order_id)
         .bind(&lines.line_no)
         .bind(&lines.sku)
@@ -178,24 +219,42 @@ pub(crate) async fn apply(conn: &mut PgConnection, events: &[&SourceEvent]) -> s
         .bind(&lines.currency)
         .execute(&mut *conn)
         .await?;
-    }
+    Ok(())
+}
 
-    sqlx::query(
-        "INSERT INTO timeline (order_id, aggregate_type, sequence, context, event_type, \
-             occurred_at, detail) \
-         SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], \
-             $6::timestamptz[], $7::text[]) \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(&timeline.order_id)
-    .bind(&timeline.aggregate_type)
-    .bind(&timeline.sequence)
-    .bind(&timeline.context)
-    .bind(&timeline.event_type)
-    .bind(&timeline.occurred_at)
-    .bind(&timeline.detail)
-    .execute(&mut *conn)
-    .await?;
+/// Inserts `timeline`; `existing` skips the entries whose key is taken, instead of failing.
+async fn insert_timeline(
+    conn: &mut PgConnection,
+    timeline: &Timeline<'_>,
+    existing: bool,
+) -> sqlx::Result<()> {
+    if timeline.order_id.is_empty() {
+        return Ok(());
+    }
+    macro_rules! insert {
+        () => {
+            "INSERT INTO timeline \
+                 (order_id, aggregate_type, sequence, context, event_type, occurred_at, detail) \
+             SELECT unnest($1::text[]), unnest($2::text[]), unnest($3::bigint[]), \
+                 unnest($4::text[]), unnest($5::text[]), unnest($6::timestamptz[]), \
+                 unnest($7::text[])"
+        };
+    }
+    let sql = if existing {
+        concat!(insert!(), " ON CONFLICT DO NOTHING")
+    } else {
+        insert!()
+    };
+    sqlx::query(sql)
+        .bind(&timeline.order_id)
+        .bind(&timeline.aggregate_type)
+        .bind(&timeline.sequence)
+        .bind(&timeline.context)
+        .bind(&timeline.event_type)
+        .bind(&timeline.occurred_at)
+        .bind(&timeline.detail)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
@@ -382,5 +441,99 @@ fn rejection_reason(reason: &RejectionReason) -> &'static str {
         RejectionReason::OutOfStock => "out_of_stock",
         RejectionReason::PaymentDeclined => "payment_declined",
         RejectionReason::PaymentTimedOut => "payment_timed_out",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use chrono::TimeZone;
+    use events::payments::{PaymentCaptured, PaymentRequested};
+    use events::values::{Money, OrderId};
+    use events::{BoundedContext, Event as _};
+    use sqlx::Connection as _;
+
+    use super::*;
+    use crate::projection::{Layout, Projection, create_schema_with};
+
+    fn at(minute: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 3, 14, 9, minute, 0).unwrap()
+    }
+
+    fn payment(payment_id: &str, sequence: i64, minute: u32, event: PaymentEvent) -> SourceEvent {
+        SourceEvent {
+            context: BoundedContext::Payments,
+            aggregate_type: "payment".to_owned(),
+            aggregate_id: payment_id.to_owned(),
+            sequence,
+            position: sequence,
+            occurred_at: at(minute),
+            event_type: event.event_type().to_owned(),
+            fact: Fact::Payment(event),
+        }
+    }
+
+    /// Two payments of one order share timeline keys (order, type, sequence): the first entry
+    /// stays, whether the second comes in a later batch or in the same one, and the batch still
+    /// applies everything else.
+    #[tokio::test]
+    async fn timeline_entries_whose_key_is_taken_are_skipped_and_the_batch_applies() {
+        let db = harness::TestDatabase::create().await.unwrap();
+        let pool = db.pool(1).await.unwrap();
+        let mut conn = pool.acquire().await.unwrap();
+        create_schema_with(&mut conn, Projection::Orders, "m", Layout::Bulk)
+            .await
+            .unwrap();
+        sqlx::query("SET search_path = m")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let order_id = OrderId::new();
+        let eur = "EUR".parse().unwrap();
+        let requested = |token: &str| {
+            PaymentEvent::from(PaymentRequested {
+                order_id,
+                amount: Money::new(1_000, eur),
+                payment_token: token.to_owned(),
+            })
+        };
+        let captured = PaymentEvent::from(PaymentCaptured {
+            order_id,
+            amount: Money::new(1_000, eur),
+            provider_reference: "ref-2".to_owned(),
+        });
+        let first = payment("pay-1", 1, 1, requested("tok_first"));
+        let second = payment("pay-2", 1, 2, requested("tok_second"));
+        let capture = payment("pay-2", 2, 3, captured);
+        let third = payment("pay-3", 1, 4, requested("tok_third"));
+
+        let mut tx = conn.begin().await.unwrap();
+        apply(&mut tx, &[&first]).await.unwrap();
+        tx.commit().await.unwrap();
+        let mut tx = conn.begin().await.unwrap();
+        apply(&mut tx, &[&second, &capture, &third]).await.unwrap();
+        tx.commit().await.unwrap();
+
+        let timeline: Vec<(i64, String, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT sequence, event_type, occurred_at FROM timeline ORDER BY sequence",
+        )
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+        assert_eq!(
+            timeline,
+            [
+                (1, "PaymentRequested".to_owned(), at(1)),
+                (2, "PaymentCaptured".to_owned(), at(3))
+            ],
+            "the first payment's request stays; the capture is added"
+        );
+        let (status, captured): (String, i64) =
+            sqlx::query_as("SELECT payment_status, captured_minor FROM orders")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+        assert_eq!((status.as_str(), captured), ("requested", 1_000));
     }
 }
