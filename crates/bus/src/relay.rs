@@ -75,9 +75,10 @@ pub struct RelayConfig {
     /// Unanswered probes after which PostgreSQL ends the session and releases the lock
     /// (`tcp_keepalives_count`).
     pub keepalive_count: u32,
-    /// Rows deleted from the outbox between two vacuums of it by the relay. Every published
-    /// row leaves a dead tuple that each read of the outbox's head steps over until a vacuum:
-    /// the relay does not leave this to autovacuum, which may be off or a minute away.
+    /// Rows deleted from the outbox between two vacuums by the relay of the outbox and the
+    /// deadlines ([`Store::vacuum_queues`]). Every published row leaves a dead tuple that each
+    /// read of the outbox's head steps over until a vacuum: the relay does not leave this to
+    /// autovacuum, which may be off or a minute away.
     pub vacuum_every: usize,
 }
 
@@ -326,7 +327,7 @@ impl Relay {
             Store::outbox_remove(conn, &published.acked).await?;
             *removed += published.acked.len();
             if *removed >= self.config.vacuum_every {
-                Store::outbox_vacuum(conn).await?;
+                Store::vacuum_queues(conn).await?;
                 *removed = 0;
             }
             if let Some(failure) = published.failure {

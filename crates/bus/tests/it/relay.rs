@@ -326,10 +326,10 @@ async fn an_event_committed_late_with_a_lower_position_is_published_before_its_s
 
 /// The lock connection asks PostgreSQL to probe the relay's host and end its session (and with
 /// it the lock) when the host is gone, instead of after the system's two-hour default.
-/// Published rows leave dead tuples in the outbox; the relay vacuums it every
-/// `vacuum_every` deletions rather than rely on autovacuum.
+/// Published rows leave dead tuples in the outbox (and met deadlines in theirs); the relay
+/// vacuums both every `vacuum_every` deletions rather than rely on autovacuum.
 #[tokio::test]
-async fn the_relay_vacuums_the_outbox_it_empties() {
+async fn the_relay_vacuums_the_outbox_and_the_deadlines() {
     let world = World::new().await;
     let accounts = Repository::<Account>::new(world.store.clone(), ());
     for i in 0..25 {
@@ -339,14 +339,15 @@ async fn the_relay_vacuums_the_outbox_it_empties() {
             .unwrap();
     }
     let vacuums = || async {
-        sqlx::query_scalar::<_, i64>(
-            "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'outbox'",
+        sqlx::query_scalar::<_, Vec<i64>>(
+            "SELECT array_agg(vacuum_count ORDER BY relname) FROM pg_stat_user_tables \
+             WHERE relname IN ('deadlines', 'outbox')",
         )
         .fetch_one(world.store.pool())
         .await
         .unwrap()
     };
-    assert_eq!(vacuums().await, 0);
+    assert_eq!(vacuums().await, [0, 0]);
     let shutdown = CancellationToken::new();
     let relay = Relay::new(world.store.clone(), world.js.clone(), world.ledger.clone())
         .with_config(RelayConfig {
@@ -356,9 +357,11 @@ async fn the_relay_vacuums_the_outbox_it_empties() {
         });
     let task = tokio::spawn(relay.run(shutdown.clone()));
     outbox_drained(&world).await;
-    wait_until("a vacuum of the outbox", PATIENCE, || async {
-        vacuums().await == 1
-    })
+    wait_until(
+        "a vacuum of the outbox and the deadlines",
+        PATIENCE,
+        || async { vacuums().await == [1, 1] },
+    )
     .await
     .unwrap();
     assert_eq!(world.message_count("LEDGER").await, 25);
