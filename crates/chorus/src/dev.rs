@@ -13,7 +13,7 @@
 //! half-way, so that no run leaves a server behind.
 
 mod banner;
-mod demo;
+pub(crate) mod demo;
 mod nats;
 mod postgres;
 

@@ -124,13 +124,7 @@ impl Timetable {
 pub fn order_body(sku: &Sku, nats: Option<(OrderId, CustomerId)>) -> Value {
     let mut body = json!({
         "lines": [{ "sku": sku, "quantity": 1 }],
-        "shipping_address": {
-            "name": "Ada Lovelace",
-            "line1": "12 Chorus Lane",
-            "city": "London",
-            "postal_code": "N1 9GU",
-            "country": "GB"
-        },
+        "shipping_address": crate::dev::demo::shipping_address(),
         "payment_token": "tok_success"
     });
     if let Some((order_id, customer_id)) = nats {

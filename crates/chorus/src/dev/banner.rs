@@ -189,13 +189,7 @@ fn http_url(addr: SocketAddr) -> String {
 fn first_order() -> serde_json::Value {
     serde_json::json!({
         "lines": [{ "sku": demo::PRODUCTS[0].sku, "quantity": 2 }],
-        "shipping_address": {
-            "name": "Ada Lovelace",
-            "line1": "12 Chorus Lane",
-            "city": "London",
-            "postal_code": "N1 9GU",
-            "country": "GB"
-        },
+        "shipping_address": demo::shipping_address(),
         "payment_token": "tok_success"
     })
 }

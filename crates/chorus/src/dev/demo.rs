@@ -66,6 +66,18 @@ pub const PRODUCTS: [DemoProduct; 4] = [
 
 pub const CURRENCY: &str = "EUR";
 
+/// The shipping address of the demo's orders (the first order the banner shows, and the load
+/// generator's).
+pub fn shipping_address() -> serde_json::Value {
+    json!({
+        "name": "Ada Lovelace",
+        "line1": "12 Chorus Lane",
+        "city": "London",
+        "postal_code": "N1 9GU",
+        "country": "GB"
+    })
+}
+
 /// What the catalogue is loaded through: the launcher's NATS connection, and the two event
 /// stores that say whether it is loaded already and whether ordering can price it.
 #[derive(Debug)]
