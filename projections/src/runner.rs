@@ -32,6 +32,10 @@
 //! to the dead-letter stream with the reason, before the batch that passes over them commits;
 //! rebuilds only count and log them (the live writer dead-lettered them already).
 //!
+//! **Statistics.** The live writer analyzes its schema's tables each time they double
+//! ([`eventstore::Analyzer`], in a task of its own), so that its prepared statements, planned
+//! when the tables were small, are planned again.
+//!
 //! Batches commit with `synchronous_commit = off`: a crash of PostgreSQL may lose the last
 //! batches, but never one without its checkpoint, so the writer reads them again.
 //!
@@ -80,7 +84,8 @@ const RETRY_DELAY: Duration = Duration::from_millis(500);
 const LOCK_CHECK: Duration = Duration::from_secs(5);
 
 /// How often a session checks that its streams are the ones it opened (a stream deleted and
-/// recreated under an ordered consumer is read on from the old position, silently).
+/// recreated under an ordered consumer is read on from the old position, silently), and a
+/// live writer whether its tables have grown enough to be analyzed.
 const STREAM_CHECK: Duration = Duration::from_secs(2);
 
 /// Aggregates a bulk runner keeps in memory (about 100 bytes each) before it writes them to
@@ -505,6 +510,9 @@ impl Runner {
                 }
             }
         }));
+        let mut analyzer = self.live.then(|| {
+            eventstore::Analyzer::new(self.pool.clone(), Some(self.schema.clone()), STREAM_CHECK)
+        });
         let mut check = tokio::time::interval(STREAM_CHECK);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         check.tick().await;
@@ -519,6 +527,9 @@ impl Runner {
                         if stream_state(&self.js, context).await?.0 != opened {
                             return Err(SessionError::Moved(context.stream().name()));
                         }
+                    }
+                    if let Some(analyzer) = &mut analyzer {
+                        analyzer.tick();
                     }
                     continue;
                 }

@@ -36,6 +36,11 @@
 //! trace shows the time an event spent in the outbox. The stored event keeps its recorder's
 //! context.
 //!
+//! **The store's statistics.** The active relay is the one process that looks after its store:
+//! besides vacuuming the outbox and the deadlines, it analyzes the store's tables each time
+//! they double ([`eventstore::Analyzer`], beside the relay's own work), so that the statements every connection keeps
+//! prepared are planned again for the tables' sizes, whether or not autovacuum runs.
+//!
 //! **Observed, not measured here.** A [`RelayObserver`] is told of every round JetStream
 //! acknowledged; what it makes of it (the service's metrics) is not this crate's concern.
 
@@ -80,6 +85,9 @@ pub struct RelayConfig {
     /// read of the outbox's head steps over until a vacuum: the relay does not leave this to
     /// autovacuum, which may be off or a minute away.
     pub vacuum_every: usize,
+    /// How often to ask which of the store's tables have grown enough to be analyzed
+    /// ([`eventstore::analyze_grown`]).
+    pub statistics_every: Duration,
 }
 
 impl RelayConfig {
@@ -110,6 +118,7 @@ impl Default for RelayConfig {
             keepalive_interval: Duration::from_secs(5),
             keepalive_count: 3,
             vacuum_every: 10_000,
+            statistics_every: Duration::from_secs(10),
         }
     }
 }
@@ -277,10 +286,16 @@ impl Relay {
         listener.listen(OUTBOX_CHANNEL).await?;
         let mut wait = self.config.poll_interval;
         let mut removed = 0;
+        let mut analyzer = eventstore::Analyzer::new(
+            self.store.pool().clone(),
+            None,
+            self.config.statistics_every,
+        );
         loop {
             let busy = self
                 .drain(lock.connection(), shutdown, &mut removed)
                 .await?;
+            analyzer.tick();
             // A commit that raced with the last read of a busy outbox sends no notification
             // (the trigger saw older rows, since deleted): look again soon while work comes
             // in, and back off to the poll interval once it stops.

@@ -40,21 +40,9 @@ pub fn placed(order_id: OrderId, customer_id: CustomerId, total_minor: i64) -> O
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_writer_killed_in_the_middle_of_a_batch_resumes_without_loss_or_double_counting() {
-    let nats = NatsServer::start().await.unwrap();
-    let projections = Projections::start(&nats).await;
-    let publisher = Publisher::new(projections.js.clone());
-    // Every batch that confirms an order writes `daily_sales`: holding that table makes the
-    // sales writer wait inside its batch's transaction, after its first writes.
-    let mut blocker = projections.pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE sales.daily_sales IN EXCLUSIVE MODE")
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
-
-    let day = Utc.with_ymd_and_hms(2026, 3, 14, 9, 0, 0).unwrap();
-    let orders = 300;
+/// Publishes `orders` orders placed and confirmed, the `n`-th at `day` + `n` seconds, for
+/// `100 + n`, and waits for JetStream's acks.
+async fn place_and_confirm(publisher: &Publisher, orders: i64, day: chrono::DateTime<Utc>) {
     let mut acks = Vec::new();
     for n in 0..orders {
         let order_id = OrderId::new();
@@ -74,6 +62,24 @@ async fn a_writer_killed_in_the_middle_of_a_batch_resumes_without_loss_or_double
     for ack in acks {
         ack.await.unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_killed_in_the_middle_of_a_batch_resumes_without_loss_or_double_counting() {
+    let nats = NatsServer::start().await.unwrap();
+    let projections = Projections::start(&nats).await;
+    let publisher = Publisher::new(projections.js.clone());
+    // Every batch that confirms an order writes `daily_sales`: holding that table makes the
+    // sales writer wait inside its batch's transaction, after its first writes.
+    let mut blocker = projections.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE sales.daily_sales IN EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+
+    let day = Utc.with_ymd_and_hms(2026, 3, 14, 9, 0, 0).unwrap();
+    let orders = 300;
+    place_and_confirm(&publisher, orders, day).await;
 
     // Waiting inside its batch: it moved its checkpoint and wrote `order_totals` already.
     const WAITING: &str = "SELECT pid FROM pg_stat_activity \
@@ -381,4 +387,35 @@ async fn a_decline_published_as_version_1_is_read_as_version_2() {
     .await
     .unwrap();
     assert_eq!(read(projections.pool.clone()).await, expected, "rebuilt");
+}
+
+/// The read models grow from empty while the writer's prepared statements keep the plans made
+/// when they were small: the live writer analyzes its tables each time they double.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_writer_analyzes_its_tables_as_they_grow() {
+    let nats = NatsServer::start().await.unwrap();
+    let projections = Projections::start(&nats).await;
+    let publisher = Publisher::new(projections.js.clone());
+    let day = Utc.with_ymd_and_hms(2026, 3, 14, 9, 0, 0).unwrap();
+    // 1,200 timeline rows: more than `ANALYZE_AFTER`.
+    place_and_confirm(&publisher, 600, day).await;
+    projections.caught_up().await;
+    wait("the orders projection's timeline analyzed", || async {
+        let analyzed: Option<i64> = sqlx::query_scalar(
+            "SELECT analyze_count FROM pg_stat_user_tables \
+             WHERE schemaname = 'orders' AND relname = 'timeline'",
+        )
+        .fetch_optional(&projections.pool)
+        .await
+        .unwrap();
+        analyzed.is_some_and(|n| n > 0)
+    })
+    .await;
+    let estimated: f32 = sqlx::query_scalar(
+        "SELECT reltuples FROM pg_class WHERE oid = 'orders.timeline'::regclass",
+    )
+    .fetch_one(&projections.pool)
+    .await
+    .unwrap();
+    assert!(estimated >= 1_000.0, "{estimated}");
 }

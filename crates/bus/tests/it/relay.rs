@@ -324,8 +324,6 @@ async fn an_event_committed_late_with_a_lower_position_is_published_before_its_s
     task.await.unwrap();
 }
 
-/// The lock connection asks PostgreSQL to probe the relay's host and end its session (and with
-/// it the lock) when the host is gone, instead of after the system's two-hour default.
 /// Published rows leave dead tuples in the outbox (and met deadlines in theirs); the relay
 /// vacuums both every `vacuum_every` deletions rather than rely on autovacuum.
 #[tokio::test]
@@ -369,6 +367,52 @@ async fn the_relay_vacuums_the_outbox_and_the_deadlines() {
     task.await.unwrap();
 }
 
+/// The store's tables grow from empty, and the statements every connection keeps prepared
+/// were planned for them when they were small: the relay analyzes the tables that doubled.
+#[tokio::test]
+async fn the_relay_analyzes_the_tables_that_grew() {
+    let world = World::new().await;
+    let accounts = Repository::<Account>::new(world.store.clone(), ());
+    let deposits = usize::try_from(eventstore::ANALYZE_AFTER).unwrap() + 100;
+    accounts
+        .handle(
+            "big",
+            AccountCommand::DepositEach(vec![1; deposits]),
+            &meta(),
+        )
+        .await
+        .unwrap();
+    let analyzed = || async {
+        sqlx::query_scalar::<_, Vec<String>>(
+            "SELECT coalesce(array_agg(relname::text ORDER BY relname), '{}') \
+             FROM pg_stat_user_tables WHERE analyze_count > 0",
+        )
+        .fetch_one(world.store.pool())
+        .await
+        .unwrap()
+    };
+    assert_eq!(analyzed().await, Vec::<String>::new());
+    let shutdown = CancellationToken::new();
+    let relay = Relay::new(world.store.clone(), world.js.clone(), world.ledger.clone())
+        .with_config(RelayConfig {
+            batch_size: 1_000,
+            statistics_every: std::time::Duration::from_millis(50),
+            ..fast()
+        });
+    let task = tokio::spawn(relay.run(shutdown.clone()));
+    // The events and the outbox (its rows in, then out); not the inbox, which is empty.
+    wait_until("the events and the outbox analyzed", PATIENCE, || async {
+        analyzed().await == ["events", "outbox"]
+    })
+    .await
+    .unwrap();
+    assert_eq!(world.message_count("LEDGER").await, deposits as u64);
+    shutdown.cancel();
+    task.await.unwrap();
+}
+
+/// The lock connection asks PostgreSQL to probe the relay's host and end its session (and with
+/// it the lock) when the host is gone, instead of after the system's two-hour default.
 #[tokio::test]
 async fn the_lock_connection_has_a_short_server_side_keepalive() {
     let world = World::new().await;

@@ -4,4 +4,5 @@
 #![allow(clippy::unwrap_used)]
 
 mod deadlines;
+mod statistics;
 mod store;
