@@ -30,4 +30,4 @@ pub mod service;
 mod source;
 
 pub use projection::{Projection, Table};
-pub use runner::{Counts, DEFAULT_BATCH_SIZE, NOTIFY_CHANNEL};
+pub use runner::{Counts, DEFAULT_BATCH_SIZE, DEFAULT_LINGER, NOTIFY_CHANNEL};

@@ -2,7 +2,7 @@
 //! the query service).
 //!
 //! Settings (environment): `PROJECTIONS_DATABASE_URL`, `PROJECTIONS_DATABASE_CONNECTIONS`,
-//! `PROJECTIONS_BATCH_SIZE`, `NATS_URL` (see [`projections::service::Settings`]);
+//! `PROJECTIONS_BATCH_SIZE`, `PROJECTIONS_LINGER_MS`, `NATS_URL` (see [`projections::service::Settings`]);
 //! `PROJECTIONS_HTTP_ADDR` (e.g. `127.0.0.1:8085`; unset: no HTTP listener) for `/healthz`,
 //! `/readyz` and `/metrics`; `OTEL_EXPORTER_OTLP_ENDPOINT` to export traces; `RUST_LOG`
 //! (default `info,sqlx=warn`); `CHORUS_LOG_FORMAT`: `text` (the default) or `json`. Runs until

@@ -40,7 +40,7 @@ use crate::health::Observer;
 use crate::metrics::Metrics;
 use crate::projection::{Projection, create_schema, ddl_lock};
 use crate::query::{Advances, Queries};
-use crate::runner::{DEFAULT_BATCH_SIZE, Runner, follow_headers};
+use crate::runner::{DEFAULT_BATCH_SIZE, DEFAULT_LINGER, Runner, follow_headers};
 
 /// The setting of the projections database.
 pub const DATABASE_URL_VAR: &str = "PROJECTIONS_DATABASE_URL";
@@ -48,6 +48,8 @@ pub const DATABASE_URL_VAR: &str = "PROJECTIONS_DATABASE_URL";
 pub const DATABASE_CONNECTIONS_VAR: &str = "PROJECTIONS_DATABASE_CONNECTIONS";
 /// The setting of the batch size of the writers.
 pub const BATCH_SIZE_VAR: &str = "PROJECTIONS_BATCH_SIZE";
+/// The setting of how long a live writer waits for more messages to fill a batch.
+pub const LINGER_VAR: &str = "PROJECTIONS_LINGER_MS";
 /// The setting of the HTTP listener (`/healthz`, `/readyz`, `/metrics`), read by the binary
 /// with `host::http_addr_from_env` and given to [`Service::listen_http`].
 pub const HTTP_ADDR_VAR: &str = "PROJECTIONS_HTTP_ADDR";
@@ -63,6 +65,9 @@ pub struct Settings {
     pub database_connections: u32,
     /// `PROJECTIONS_BATCH_SIZE`: messages per transaction, at most; default 1,000.
     pub batch_size: usize,
+    /// `PROJECTIONS_LINGER_MS`: how long a live writer that has a batch begun waits for more
+    /// messages before it commits, in milliseconds; default 10, 0 for no wait.
+    pub linger: Duration,
 }
 
 impl Settings {
@@ -90,6 +95,19 @@ impl Settings {
             nats_url: var("NATS_URL").unwrap_or_else(|| "nats://127.0.0.1:4222".to_owned()),
             database_connections: positive(DATABASE_CONNECTIONS_VAR, 8)?,
             batch_size: positive(BATCH_SIZE_VAR, DEFAULT_BATCH_SIZE as u32)? as usize,
+            linger: match var(LINGER_VAR) {
+                None => DEFAULT_LINGER,
+                Some(v) => Duration::from_millis(
+                    v.parse::<u64>()
+                        .ok()
+                        .filter(|ms| *ms <= 1_000)
+                        .with_context(|| {
+                            format!(
+                                "{LINGER_VAR}={v:?} is not a number of milliseconds from 0 to 1000"
+                            )
+                        })?,
+                ),
+            },
         })
     }
 }
@@ -144,6 +162,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Service> {
             settings.batch_size,
             true,
         )
+        .with_linger(settings.linger)
         .with_metrics(Arc::new(observer.metrics.writer(projection)));
         let token = shutdown.clone();
         let health = observer
@@ -374,6 +393,11 @@ mod tests {
         assert_eq!(s.nats_url, "nats://127.0.0.1:4222");
         assert_eq!(s.database_connections, 8);
         assert_eq!(s.batch_size, DEFAULT_BATCH_SIZE);
+        assert_eq!(s.linger, Duration::from_millis(10));
+        assert_eq!(
+            settings(&[(LINGER_VAR, "0")]).unwrap().linger,
+            Duration::ZERO
+        );
     }
 
     #[test]
@@ -387,6 +411,9 @@ mod tests {
             (DATABASE_CONNECTIONS_VAR, "0"),
             (DATABASE_CONNECTIONS_VAR, "many"),
             (BATCH_SIZE_VAR, "-1"),
+            (LINGER_VAR, "-1"),
+            (LINGER_VAR, "5000"),
+            (LINGER_VAR, "soon"),
         ] {
             let error = format!("{:#}", settings(&[(name, bad)]).unwrap_err());
             assert!(error.contains(name), "{name}={bad}: {error}");

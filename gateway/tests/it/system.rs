@@ -155,6 +155,7 @@ impl System {
             nats_url: nats.url(),
             database_connections: 4,
             batch_size: projections::DEFAULT_BATCH_SIZE,
+            linger: projections::DEFAULT_LINGER,
         })
         .await
         .unwrap_or_else(|e| panic!("the projections service does not start: {e:#}"));

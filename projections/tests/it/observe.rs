@@ -84,6 +84,7 @@ async fn ready_over_nats_and_http_metrics_and_spans_follow_an_order_not_ready_wi
         nats_url: nats.url(),
         database_connections: 8,
         batch_size: projections::DEFAULT_BATCH_SIZE,
+        linger: projections::DEFAULT_LINGER,
     };
     let mut service = projections::service::start(&settings).await.unwrap();
     let addr = service

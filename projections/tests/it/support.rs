@@ -67,6 +67,7 @@ impl Projections {
             nats_url: nats.url(),
             database_connections: 8,
             batch_size,
+            linger: projections::DEFAULT_LINGER,
         };
         let client = bus::connect(&nats.url(), "projections-test")
             .await
