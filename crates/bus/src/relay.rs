@@ -246,7 +246,8 @@ impl Relay {
     }
 
     /// Runs until `shutdown`: waits for the lock, then publishes whatever the outbox holds,
-    /// woken by LISTEN/NOTIFY or by the poll interval. Failures are logged and retried.
+    /// woken by a commit through its store in this process ([`Store::committed`]), by
+    /// LISTEN/NOTIFY (commits of other processes), or by the poll interval. Failures are logged and retried.
     pub async fn run(self, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
             match self.lead(&shutdown).await {
@@ -307,6 +308,7 @@ impl Relay {
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
                 notified = listener.recv() => { notified?; }
+                () = self.store.committed() => {}
                 () = tokio::time::sleep(wait) => {}
             }
         }

@@ -93,6 +93,8 @@ type Reply = oneshot::Sender<Result<i64, StoreError>>;
 #[derive(Debug, Default)]
 pub(crate) struct GroupCommit {
     state: Mutex<Queue>,
+    /// Told of every statement that wrote events (see [`Store::committed`]).
+    committed: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default)]
@@ -111,6 +113,13 @@ impl GroupCommit {
 }
 
 impl Store {
+    /// Resolves once a unit of work committed through this store (or a clone of it) wrote
+    /// events. A commit made while nobody waits is remembered until the next wait: the relay
+    /// of the same process learns of every commit at once, without the database's NOTIFY.
+    pub async fn committed(&self) {
+        self.group().committed.notified().await;
+    }
+
     /// Writes `pending` (possibly together with other units); returns the highest position
     /// it wrote, or 0 when it wrote no event.
     pub(crate) async fn commit(&self, pending: Pending) -> Result<i64, StoreError> {
@@ -258,6 +267,9 @@ impl Store {
         .fetch_one(self.pool())
         .await
         .map_err(StoreError::from_write)?;
+        if !ids.is_empty() {
+            self.group().committed.notify_one();
+        }
         Ok(positions.unwrap_or_default())
     }
 }

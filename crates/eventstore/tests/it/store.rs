@@ -460,3 +460,46 @@ async fn a_refusal_is_never_decided_on_a_stale_cached_aggregate() {
         "{err:?}"
     );
 }
+
+/// The relay of the same process waits on `committed`: a commit wakes it, and a commit made
+/// while it was busy elsewhere is remembered for its next wait; a unit without events is not
+/// a reason to wake it.
+#[tokio::test]
+async fn a_commit_that_wrote_events_wakes_the_waiter_or_is_remembered_for_it() {
+    let db = TestDatabase::create().await.unwrap();
+    let store = store(&db).await;
+    let accounts = Repository::<Account>::new(store.clone(), ());
+    let soon = std::time::Duration::from_millis(100);
+
+    // Remembered: committed first, waited for afterwards.
+    accounts
+        .handle("a1", AccountCommand::Deposit(5), &meta())
+        .await
+        .unwrap();
+    tokio::time::timeout(soon, store.committed())
+        .await
+        .expect("a commit made before the wait is remembered");
+    // Once only.
+    assert!(tokio::time::timeout(soon, store.committed()).await.is_err());
+
+    // Woken: waiting first, through a clone of the store.
+    let waiter = tokio::spawn({
+        let store = store.clone();
+        async move { store.committed().await }
+    });
+    let mut uow = UnitOfWork::new(&store);
+    uow.record_handled("nobody", Uuid::now_v7());
+    uow.commit().await.unwrap();
+    tokio::time::sleep(soon).await;
+    assert!(!waiter.is_finished(), "a unit without events wakes nobody");
+    accounts
+        .handle("a1", AccountCommand::Deposit(1), &meta())
+        .await
+        .unwrap();
+    tokio::time::timeout(PATIENCE_SHORT, waiter)
+        .await
+        .expect("the commit wakes the waiter")
+        .unwrap();
+}
+
+const PATIENCE_SHORT: std::time::Duration = std::time::Duration::from_secs(5);
