@@ -18,12 +18,16 @@
 
 use std::time::Duration;
 
-use sqlx::{AssertSqlSafe, PgConnection, PgPool};
+use sqlx::{AssertSqlSafe, Connection as _, PgConnection, PgPool};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// Rows changed in a table, at least, before it is analyzed again.
 pub const ANALYZE_AFTER: i64 = 1_000;
+
+/// The statistics target of the columns that have none of their own, while [`analyze_grown`]
+/// analyzes: ANALYZE samples 300 rows per unit.
+const SAMPLE_TARGET: u32 = 10;
 
 /// Analyzes the tables (of `schema`, or of every schema) that have grown, or changed, by at
 /// least as many rows as they held when last analyzed (and by at least [`ANALYZE_AFTER`]);
@@ -45,10 +49,20 @@ pub async fn analyze_grown(
     .fetch_all(&mut *conn)
     .await?;
     if !tables.is_empty() {
-        // The names are quoted by PostgreSQL itself (`format('%I')`).
+        // The names are quoted by PostgreSQL itself (`format('%I')`). A sample of 3,000 rows
+        // (statistics target 10) tells the planner the tables' sizes and the spread of their
+        // keys as well as the default 30,000, for a tenth of the work: a table of a busy store
+        // is analyzed while it takes writes, on the same cores.
+        let mut tx = conn.begin().await?;
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "SET LOCAL default_statistics_target = {SAMPLE_TARGET}"
+        )))
+        .execute(&mut *tx)
+        .await?;
         sqlx::raw_sql(AssertSqlSafe(format!("ANALYZE {}", tables.join(", "))))
-            .execute(&mut *conn)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         tracing::debug!(?tables, "analyzed tables that have grown");
     }
     Ok(tables)
