@@ -273,7 +273,7 @@ async fn bad_messages_are_dead_lettered_with_their_error_and_the_rest_are_handle
         .unwrap();
     // Always fails transiently: dead-lettered after 3 attempts.
     deposit(&world, "d", 1, 99).await;
-    // Always arrives early: dead-lettered after 3 + 4 attempts.
+    // Always arrives early: dead-lettered after 3 + 7 attempts.
     deposit(&world, "f", 1, 98).await;
     // Refused by the mirror's aggregate for good.
     let id = Uuid::now_v7();
@@ -349,10 +349,10 @@ async fn bad_messages_are_dead_lettered_with_their_error_and_the_rest_are_handle
     let f = by_aggregate("f");
     assert!(
         f.header(headers::DLQ_ERROR)
-            .contains("gave up after 7 attempts: the account is not opened yet"),
+            .contains("gave up after 10 attempts: the account is not opened yet"),
         "{f:?}"
     );
-    assert_eq!(f.header(headers::DLQ_ATTEMPTS), "7");
+    assert_eq!(f.header(headers::DLQ_ATTEMPTS), "10");
     running.stop().await;
 }
 
