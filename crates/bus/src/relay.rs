@@ -38,8 +38,9 @@
 //!
 //! **The store's statistics.** The active relay is the one process that looks after its store:
 //! besides vacuuming the outbox and the deadlines, it analyzes the store's tables each time
-//! they double ([`eventstore::Analyzer`], beside the relay's own work), so that the statements every connection keeps
-//! prepared are planned again for the tables' sizes, whether or not autovacuum runs.
+//! they double ([`eventstore::Analyzer`], in a task beside the relay's own), so that the
+//! statements every connection keeps prepared are planned again for the tables' sizes,
+//! whether or not autovacuum runs.
 //!
 //! **Observed, not measured here.** A [`RelayObserver`] is told of every round JetStream
 //! acknowledged; what it makes of it (the service's metrics) is not this crate's concern.
@@ -247,7 +248,8 @@ impl Relay {
 
     /// Runs until `shutdown`: waits for the lock, then publishes whatever the outbox holds,
     /// woken by a commit through its store in this process ([`Store::committed`]), by
-    /// LISTEN/NOTIFY (commits of other processes), or by the poll interval. Failures are logged and retried.
+    /// LISTEN/NOTIFY (commits of other processes), or by the poll interval. Failures are
+    /// logged and retried.
     pub async fn run(self, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
             match self.lead(&shutdown).await {

@@ -14,7 +14,7 @@
 //! least [`ANALYZE_AFTER`], and analyzes those: a table is analyzed each time it doubles, a
 //! handful of times in its life. Where autovacuum keeps up, it has analyzed them long before,
 //! and nothing is done here. An [`Analyzer`] does it in a task of its own, so that the loop that
-//! asks never waits for an `ANALYZE` (tens of milliseconds on a large table).
+//! asks never waits for an `ANALYZE` (milliseconds, more on a large table).
 
 use std::time::Duration;
 
