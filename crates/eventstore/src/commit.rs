@@ -4,8 +4,9 @@
 //! [`MAX_UNITS`] units at a time) and write it as one statement: one round trip and one fsync
 //! for many units. Under light load a unit is alone in its statement and nothing waits; under
 //! load the statements fill up. If a merged statement fails (a conflict in any unit), each unit
-//! is written on its own, so that only the unit at fault fails. Units that change deadlines are
-//! always written on their own: two changes of one deadline in one statement would collide.
+//! is written on its own, so that only the unit at fault fails. Units that change the same
+//! deadline never share a statement (two changes of one row in one statement would collide, and
+//! a statement's parts do not see each other's rows): the later one waits for the next.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -83,12 +84,37 @@ impl Pending {
         }
     }
 
-    fn changes_deadlines(&self) -> bool {
-        !self.schedules.is_empty() || !self.cancels.is_empty()
+    /// The deadlines the unit changes, as (kind, key).
+    fn deadlines(&self) -> impl Iterator<Item = (&str, &str)> {
+        let schedules = self.schedules.iter().map(|s| (s.0.as_str(), s.1.as_str()));
+        let cancels = self.cancels.iter().map(|c| (c.0.as_str(), c.1.as_str()));
+        schedules.chain(cancels)
     }
 }
 
+/// Splits `units` in two, keeping their order: the first part changes no deadline twice, the
+/// second holds each unit that changes a deadline a unit before it in the first part changes.
+/// (At most [`MAX_UNITS`] units, most changing one deadline or none: comparing is cheap.)
+fn disjoint(units: Units) -> (Units, Units) {
+    let mut now = Units::with_capacity(units.len());
+    let mut later = Units::new();
+    for unit in units {
+        let clashes = unit.0.deadlines().any(|deadline| {
+            now.iter()
+                .any(|(taken, _)| taken.deadlines().any(|other| other == deadline))
+        });
+        if clashes {
+            later.push(unit);
+        } else {
+            now.push(unit);
+        }
+    }
+    (now, later)
+}
+
 type Reply = oneshot::Sender<Result<i64, StoreError>>;
+/// Units of work waiting to be written, each with where its outcome goes.
+type Units = Vec<(Pending, Reply)>;
 
 #[derive(Debug, Default)]
 pub(crate) struct GroupCommit {
@@ -99,7 +125,7 @@ pub(crate) struct GroupCommit {
 
 #[derive(Debug, Default)]
 struct Queue {
-    waiting: Vec<(Pending, Reply)>,
+    waiting: Units,
     leaders: usize,
 }
 
@@ -155,13 +181,16 @@ impl Store {
         }
     }
 
-    async fn write_units(&self, units: Vec<(Pending, Reply)>) {
-        let (alone, units): (Vec<_>, Vec<_>) = units
-            .into_iter()
-            .partition(|(pending, _)| pending.changes_deadlines());
-        for (pending, reply) in alone {
-            let _ = reply.send(self.write_alone(&pending).await);
+    async fn write_units(&self, mut units: Units) {
+        while !units.is_empty() {
+            let (now, later) = disjoint(units);
+            self.write_merged(now).await;
+            units = later;
         }
+    }
+
+    /// Writes `units` in one statement or, if that fails, each on its own.
+    async fn write_merged(&self, units: Units) {
         if units.len() > 1 {
             let all: Vec<&Pending> = units.iter().map(|(pending, _)| pending).collect();
             match self.write(&all).await {

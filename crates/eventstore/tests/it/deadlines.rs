@@ -146,6 +146,73 @@ async fn a_unit_that_fails_writes_no_deadline_and_a_cancelled_one_never_fires() 
     assert_eq!(balance(&store, "a").await, 20);
 }
 
+/// The time of the statement that wrote the account's first event (`now()` is the statement's).
+async fn written_at(store: &Store, id: &str) -> DateTime<Utc> {
+    store.aggregate_events("account", id, 0).await.unwrap()[0].recorded_at
+}
+
+#[tokio::test]
+async fn units_changing_other_deadlines_share_a_statement_and_one_deadline_changes_in_turn() {
+    let db = TestDatabase::create().await.unwrap();
+    let store = store(&db).await;
+    let accounts = Repository::<Account>::new(store.clone(), ());
+    let mut units = Vec::new();
+    let mut unit = async |id: &str, change: &dyn Fn(&mut UnitOfWork)| {
+        let mut uow = UnitOfWork::new(&store);
+        accounts
+            .execute(
+                &mut uow,
+                id,
+                AccountCommand::Deposit(1),
+                &Metadata::default(),
+            )
+            .await
+            .unwrap();
+        change(&mut uow);
+        units.push(uow);
+    };
+    for i in 0..8 {
+        let key = format!("d-{i}");
+        unit(&format!("a-{i}"), &|uow| {
+            uow.schedule_deadline("payout", &key, at(i), json!({}));
+        })
+        .await;
+    }
+    // Two more units change deadlines the first ones schedule: they come after them.
+    unit("b-0", &|uow| {
+        uow.schedule_deadline("payout", "d-0", at(100), json!({}));
+    })
+    .await;
+    unit("b-1", &|uow| uow.cancel_deadline("payout", "d-1")).await;
+
+    // Committed together: all are queued before the first statement is written.
+    let outcomes = futures::future::join_all(units.into_iter().map(UnitOfWork::commit)).await;
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+
+    let first = written_at(&store, "a-0").await;
+    for i in 1..8 {
+        assert_eq!(
+            written_at(&store, &format!("a-{i}")).await,
+            first,
+            "units changing different deadlines share one statement"
+        );
+    }
+    let second = written_at(&store, "b-0").await;
+    assert!(
+        second > first,
+        "the second change of d-0 waits for the first"
+    );
+    assert_eq!(written_at(&store, "b-1").await, second);
+    let d0 = store.deadline("payout", "d-0").await.unwrap().unwrap();
+    assert_eq!(d0.due_at, at(100), "the later change wins");
+    assert!(store.deadline("payout", "d-1").await.unwrap().is_none());
+    for i in 2..8 {
+        let key = format!("d-{i}");
+        let deadline = store.deadline("payout", &key).await.unwrap().unwrap();
+        assert_eq!(deadline.due_at, at(i));
+    }
+}
+
 #[tokio::test]
 async fn a_failing_deadline_is_retried_later_then_left_failed_and_visible() {
     let db = TestDatabase::create().await.unwrap();
