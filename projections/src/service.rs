@@ -130,7 +130,12 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Service> {
     // Three writers and their lock connections, the listener, and queries.
     let pool = PgPoolOptions::new()
         .max_connections(settings.database_connections.max(4))
-        .connect(&settings.database_url)
+        .connect_with(eventstore::generic_plans(
+            settings
+                .database_url
+                .parse()
+                .with_context(|| format!("{DATABASE_URL_VAR} is not a PostgreSQL URL"))?,
+        ))
         .await
         .with_context(|| format!("cannot open the projections database ({DATABASE_URL_VAR})"))?;
     create_live_schemas(&pool)

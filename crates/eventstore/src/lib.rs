@@ -26,6 +26,6 @@ mod unit_of_work;
 
 pub use deadline::{Deadline, DeadlineHandler, Tick, Ticker};
 pub use repository::{CommandError, Committed, MAX_EVENT_BYTES, Repository};
-pub use statistics::{ANALYZE_AFTER, Analyzer, analyze_grown};
+pub use statistics::{ANALYZE_AFTER, Analyzer, analyze_grown, generic_plans};
 pub use store::{OUTBOX_CHANNEL, Store, StoreError, StoredEvent};
 pub use unit_of_work::{Mark, UnitOfWork};

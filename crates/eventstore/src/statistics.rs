@@ -1,4 +1,4 @@
-//! Planner statistics for tables that grow from empty.
+//! Planner statistics for tables that grow from empty, and the plans made from them.
 //!
 //! Every table of a store or of a projection starts empty, and PostgreSQL plans a prepared
 //! statement from what it knows of its tables when the plan is made. A connection keeps the
@@ -18,9 +18,18 @@
 
 use std::time::Duration;
 
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection, PgPool};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+
+/// `options` with each prepared statement planned once, generically, and run with that plan
+/// until new statistics invalidate it (ADR 0013). PostgreSQL's default plans a statement anew
+/// on every run when the generic plan looks dearer than the custom ones, as it does for every
+/// look-up by `= ANY($array)`: planning then costs more than running.
+pub fn generic_plans(options: PgConnectOptions) -> PgConnectOptions {
+    options.options([("plan_cache_mode", "force_generic_plan")])
+}
 
 /// Rows changed in a table, at least, before it is analyzed again.
 pub const ANALYZE_AFTER: i64 = 1_000;

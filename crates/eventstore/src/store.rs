@@ -161,12 +161,13 @@ impl std::fmt::Debug for OnAppend {
 }
 
 impl Store {
-    /// Connects with at most `max_connections` connections; does not migrate.
+    /// Connects with at most `max_connections` connections, which plan their statements
+    /// generically ([`crate::generic_plans`]); does not migrate.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
         let options: PgConnectOptions = url.parse()?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
-            .connect_with(options)
+            .connect_with(crate::generic_plans(options))
             .await?;
         Ok(Self::from_pool(pool))
     }

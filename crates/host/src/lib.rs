@@ -184,7 +184,7 @@ impl Host {
             .with_context(|| format!("{database_var} is not a PostgreSQL URL"))?;
         // Every session of this instance carries its name: the health check tells this
         // instance's relay from another's by it.
-        let options = options.application_name(&instance);
+        let options = eventstore::generic_plans(options.application_name(&instance));
         let pool = PgPoolOptions::new()
             .max_connections(settings.database_connections)
             .connect_with(options)

@@ -108,3 +108,25 @@ async fn tables_are_analyzed_each_time_they_double_and_a_cached_plan_is_made_aga
             .unwrap();
     assert_eq!(analyzed, 2);
 }
+
+#[tokio::test]
+async fn a_store_plans_each_statement_once_for_any_array() {
+    let db = TestDatabase::create().await.unwrap();
+    // One connection: the look-ups and the check below share its session.
+    let store = Store::connect(&db.url(), 1).await.unwrap();
+    store.migrate().await.unwrap();
+    for n in 1..=10 {
+        let ids: Vec<uuid::Uuid> = (0..n).map(|_| uuid::Uuid::now_v7()).collect();
+        assert!(store.handled("c", &ids).await.unwrap().is_empty());
+    }
+    // PostgreSQL's default would plan this look-up on every run (its generic plan assumes
+    // more elements than one array holds, so it looks dearer than each custom plan).
+    let (generic, custom): (i64, i64) = sqlx::query_as(
+        "SELECT generic_plans, custom_plans FROM pg_prepared_statements \
+         WHERE statement LIKE 'SELECT event_id FROM inbox %'",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!((generic, custom), (10, 0));
+}

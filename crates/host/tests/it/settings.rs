@@ -141,3 +141,23 @@ async fn an_address_in_use_is_refused_naming_the_variable_and_a_service_without_
     assert_eq!(own.checks.len(), 3, "database, stream and relay: {own:#?}");
     drop(host);
 }
+
+#[tokio::test]
+async fn every_session_of_the_store_plans_its_statements_generically() {
+    let infra = Infra::new().await;
+    let host = Host::start(&infra.settings(BoundedContext::Shipping))
+        .await
+        .unwrap();
+    // Every connection of the pool: hold them all at once.
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        sessions.push(host.store().pool().acquire().await.unwrap());
+    }
+    for session in &mut sessions {
+        let mode: String = sqlx::query_scalar("SHOW plan_cache_mode")
+            .fetch_one(&mut **session)
+            .await
+            .unwrap();
+        assert_eq!(mode, "force_generic_plan");
+    }
+}
