@@ -61,6 +61,7 @@ use chrono::{DateTime, Utc};
 use events::naming::dead_letter_subject;
 use events::{BoundedContext, headers};
 use futures::{Stream, StreamExt};
+use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -432,7 +433,14 @@ impl Runner {
         let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
             .fetch_one(&mut lock)
             .await?;
+        // Connections of its own: the statements every projection's writer runs (checkpoints,
+        // `applied`) resolve their tables by the schema's search path, and a session that ran
+        // one of them under another schema plans it again (ADR 0013). Two: the analyzer's.
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .connect_lazy_with((*self.pool.connect_options()).clone());
         let writer = Self {
+            pool,
             writer_lock: Some(WriterLock { key, pid }),
             ..self.clone()
         };
