@@ -433,12 +433,16 @@ impl Runner {
         let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
             .fetch_one(&mut lock)
             .await?;
-        // Connections of its own: the statements every projection's writer runs (checkpoints,
-        // `applied`) resolve their tables by the schema's search path, and a session that ran
-        // one of them under another schema plans it again (ADR 0013). Two: the analyzer's.
-        let pool = PgPoolOptions::new()
-            .max_connections(2)
-            .connect_lazy_with((*self.pool.connect_options()).clone());
+        // Connections of its own, which plan each statement once (ADR 0013): the statements
+        // every projection's writer runs (checkpoints, `applied`) resolve their tables by the
+        // schema's search path, and a session that last ran one of them under another schema
+        // plans it again. Two: one for the analyzer. The queries keep PostgreSQL's default.
+        let pool =
+            PgPoolOptions::new()
+                .max_connections(2)
+                .connect_lazy_with(eventstore::generic_plans(
+                    (*self.pool.connect_options()).clone(),
+                ));
         let writer = Self {
             pool,
             writer_lock: Some(WriterLock { key, pid }),

@@ -127,15 +127,10 @@ pub struct Service {
 /// Starts the projections service on `settings` (see the module docs). The caller runs the
 /// returned service (`service.run(stop)`).
 pub async fn start(settings: &Settings) -> anyhow::Result<Service> {
-    // Three writers and their lock connections, the listener, and queries.
+    // The listener, the queries and the rebuilds: each live writer connects on its own.
     let pool = PgPoolOptions::new()
         .max_connections(settings.database_connections.max(4))
-        .connect_with(eventstore::generic_plans(
-            settings
-                .database_url
-                .parse()
-                .with_context(|| format!("{DATABASE_URL_VAR} is not a PostgreSQL URL"))?,
-        ))
+        .connect(&settings.database_url)
         .await
         .with_context(|| format!("cannot open the projections database ({DATABASE_URL_VAR})"))?;
     create_live_schemas(&pool)
