@@ -61,7 +61,8 @@ pub struct Settings {
     pub database_url: String,
     /// `NATS_URL`, default `nats://127.0.0.1:4222`.
     pub nats_url: String,
-    /// `PROJECTIONS_DATABASE_CONNECTIONS`, default 8.
+    /// `PROJECTIONS_DATABASE_CONNECTIONS`, default 8: the shared pool's (queries, listener,
+    /// rebuilds). Each live writer holds three more of its own (its lock, its batches).
     pub database_connections: u32,
     /// `PROJECTIONS_BATCH_SIZE`: messages per transaction, at most; default 1,000.
     pub batch_size: usize,

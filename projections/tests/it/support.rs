@@ -118,7 +118,7 @@ impl Projections {
     /// process would run, its connections named `name` (`application_name`).
     pub async fn start_instance(&self, name: &str) -> Instance {
         let mut settings = self.settings.clone();
-        // Its writers, their lock connections and the listener: the fewest the service takes.
+        // The fewest the service takes for its shared pool (its writers connect on their own).
         settings.database_connections = 4;
         let separator = if settings.database_url.contains('?') {
             '&'
