@@ -1,7 +1,10 @@
 //! The consumer runtime: a durable pull consumer feeding a [`Handler`] in batches.
 //!
 //! For each batch of messages that are ready, the runtime
-//! 1. looks up which event ids the consumer's inbox already holds (one query) and skips them;
+//! 1. looks up which event ids the consumer's inbox already holds (one query) and skips them,
+//!    unless every message is a first delivery: then the commit's inbox rows are the check (a
+//!    message handled before makes the commit fail, and the batch is run again with the
+//!    look-up);
 //! 2. hands every other message to the handler inside one [`UnitOfWork`], marking before each
 //!    message and rolling back to the mark when the handler fails, so one bad message costs
 //!    the others nothing;
@@ -29,7 +32,7 @@
 //! A [`ConsumerObserver`] is told what became of each message ([`MessageOutcome`]) and how
 //! long each batch took, once it is settled: the service's metrics count from there.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -387,17 +390,26 @@ impl<H: Handler> Consumer<H> {
     }
 
     /// Decides the batch and commits it, rerunning it on a concurrency conflict.
+    ///
+    /// A batch of first deliveries is decided without asking the inbox first: such a message
+    /// was handled before only when its event was published again (after a relay's crash,
+    /// past JetStream's duplicate window, or by `chorus republish`). The inbox row that the
+    /// commit writes for it then collides with the first one, the commit fails with nothing
+    /// written, and the rerun asks the inbox. So the look-up is paid by the rare duplicate
+    /// instead of by every batch.
     async fn commit(
         &self,
         received: &[(jetstream::Message, Received)],
     ) -> Result<Vec<Decision>, eventstore::StoreError> {
         const MAX_CONFLICT_RETRIES: u32 = 5;
+        let mut look_up = received.iter().any(|(_, r)| r.delivered > 1);
         let mut round = 0;
         loop {
             round += 1;
-            match self.decide(received).await {
+            match self.decide(received, look_up).await {
                 Err(e) if e.is_conflict() && round < MAX_CONFLICT_RETRIES => {
                     tracing::debug!(consumer = %self.spec.name, "conflict at commit; rerunning the batch");
+                    look_up = true;
                 }
                 outcome => return outcome,
             }
@@ -450,13 +462,22 @@ impl<H: Handler> Consumer<H> {
         }
     }
 
-    /// Runs the handler on every new message of the batch and commits the unit of work.
+    /// Runs the handler on every new message of the batch and commits the unit of work. With
+    /// `look_up`, the messages the inbox holds are skipped; without, every message is handled
+    /// and a message handled before fails the commit ([`StoreError::InboxConflict`]).
+    ///
+    /// [`StoreError::InboxConflict`]: eventstore::StoreError::InboxConflict
     async fn decide(
         &self,
         received: &[(jetstream::Message, Received)],
+        look_up: bool,
     ) -> Result<Vec<Decision>, eventstore::StoreError> {
         let ids: Vec<_> = received.iter().map(|(_, r)| r.event_id).collect();
-        let handled = self.store.handled(&self.spec.name, &ids).await?;
+        let handled = if look_up {
+            self.store.handled(&self.spec.name, &ids).await?
+        } else {
+            HashSet::new()
+        };
         // The position of each event's first copy in the batch: a second copy (a redelivery
         // that arrived with the first) shares its decision, so it is never acked while the
         // first waits for a retry.
@@ -543,6 +564,26 @@ impl<H: Handler> Consumer<H> {
                 }
             }
             decisions.push(decision);
+        }
+        if !look_up {
+            // A message handled before writes no inbox row when its handler fails (the
+            // aggregate may refuse it the second time): ask the inbox about those, so that
+            // such a copy is skipped rather than retried or dead-lettered.
+            let failed: Vec<_> = received
+                .iter()
+                .zip(&decisions)
+                .filter(|(_, decision)| !matches!(decision, Decision::Ack | Decision::Skip))
+                .map(|((_, message), _)| message.event_id)
+                .collect();
+            if !failed.is_empty()
+                && !self
+                    .store
+                    .handled(&self.spec.name, &failed)
+                    .await?
+                    .is_empty()
+            {
+                return Err(eventstore::StoreError::InboxConflict);
+            }
         }
         uow.commit().await?;
         *self.lock_waiting() = waiting;

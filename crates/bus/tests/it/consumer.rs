@@ -235,6 +235,31 @@ async fn a_message_delivered_again_or_republished_under_a_new_id_has_one_effect(
     running.stop().await;
 }
 
+/// A first delivery is handled without asking the inbox; a copy of an event handled before
+/// that the aggregate now refuses (the withdrawal would overdraw the account the second time)
+/// must still be skipped as a copy, not dead-lettered as a refusal.
+#[tokio::test]
+async fn a_republished_copy_that_the_aggregate_would_now_refuse_is_skipped_not_dead_lettered() {
+    let world = World::new().await;
+    deposit(&world, "b", 1, 5).await;
+    let withdrawal = Uuid::now_v7();
+    let withdrawn = || -> AccountEvent { Withdrawn { amount: 5 }.into() };
+    let msg_id = withdrawal.to_string();
+    publish(&world, "b", 2, withdrawn(), withdrawal, &msg_id).await;
+    let running = Running::start(&world, spec(&world)).await;
+    drained(&world, "mirror-from-ledger").await;
+    assert_eq!(running.balance("b").await, 0);
+
+    publish(&world, "b", 2, withdrawn(), withdrawal, "republished").await;
+    drained(&world, "mirror-from-ledger").await;
+
+    assert_eq!(world.message_count(DEAD_LETTER_STREAM).await, 0);
+    assert_eq!(running.balance("b").await, 0);
+    assert_eq!(running.count("SELECT count(*) FROM inbox").await, 2);
+    assert_eq!(running.count("SELECT count(*) FROM events").await, 2);
+    running.stop().await;
+}
+
 #[tokio::test]
 async fn bad_messages_are_dead_lettered_with_their_error_and_the_rest_are_handled() {
     let world = World::new().await;
