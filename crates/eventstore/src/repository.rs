@@ -1,7 +1,7 @@
 //! Runs commands against cqrs-es aggregates, with a cache of loaded aggregates.
 
 use std::any::Any;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use cqrs_es::Aggregate;
@@ -146,10 +146,42 @@ where
         command: A::Command,
         metadata: &Metadata,
     ) -> Result<Vec<A::Event>, CommandError<A::Error>> {
+        self.run(uow, id, command, metadata, Expect::Any).await
+    }
+
+    /// Runs a command that begins the aggregate's life (placing an order, requesting a
+    /// payment), as [`Self::execute`] does, but without reading the store for an aggregate
+    /// it does not hold: the command is decided on the empty aggregate. Were the aggregate
+    /// there after all (a command sent twice), the first event decided collides at commit
+    /// with the one stored, the unit fails with a conflict, and the next attempt (a retry of
+    /// [`Self::handle`], a consumer's rerun of its batch) reads the store. A decision on the
+    /// empty aggregate that appends nothing is checked against the store at once, as every
+    /// refusal is. So a new aggregate costs no read, and an existing one a conflict.
+    pub async fn execute_new(
+        &self,
+        uow: &mut UnitOfWork,
+        id: &str,
+        command: A::Command,
+        metadata: &Metadata,
+    ) -> Result<Vec<A::Event>, CommandError<A::Error>> {
+        self.run(uow, id, command, metadata, Expect::New).await
+    }
+
+    async fn run(
+        &self,
+        uow: &mut UnitOfWork,
+        id: &str,
+        command: A::Command,
+        metadata: &Metadata,
+        expect: Expect,
+    ) -> Result<Vec<A::Event>, CommandError<A::Error>> {
         check_token("aggregate id", id)?;
         check_token("aggregate type", A::TYPE)?;
         let staged = uow.staged(A::TYPE, id).is_some();
-        let (mut state, mut version) = self.current(uow, id).await?;
+        let (mut state, mut version) = match expect {
+            Expect::New if !staged => self.cached_or_new(id).await?,
+            _ => self.current(uow, id).await?,
+        };
 
         let mut decided = state.clone();
         let mut outcome = self.decide(&mut decided, command.clone()).await;
@@ -250,11 +282,32 @@ where
         Ok((state, version))
     }
 
+    /// The aggregate from the cache; else, unless an attempt to create it failed since it was
+    /// last cached (then from the store), the empty aggregate, not cached.
+    async fn cached_or_new(&self, id: &str) -> Result<(A, u64), StoreError> {
+        if let Some(found) = self.cache.get(id) {
+            return Ok(found);
+        }
+        if self.cache.doubted(id) {
+            return self.load(id).await;
+        }
+        Ok((A::default(), 0))
+    }
+
     fn staged_version(&self, uow: &UnitOfWork, id: &str) -> Option<u64> {
         uow.staged(A::TYPE, id)
             .and_then(|s| s.downcast_ref::<StagedAggregate<A>>())
             .map(|s| s.version)
     }
+}
+
+/// What a command expects of the aggregate it runs on.
+#[derive(Debug, Clone, Copy)]
+enum Expect {
+    /// Anything: read it from the store unless cached.
+    Any,
+    /// That it does not exist yet (see [`Repository::execute_new`]).
+    New,
 }
 
 struct StagedAggregate<A: Aggregate> {
@@ -278,13 +331,22 @@ impl<A: Aggregate + Clone + 'static> Staged for StagedAggregate<A> {
     }
 }
 
-/// Loaded aggregates by id, bounded; the oldest entries go first.
+/// Loaded aggregates by id, bounded; the oldest entries go first. It also remembers which
+/// aggregates a unit of work failed to commit (evicted), so that a command expecting a new
+/// aggregate reads those from the store rather than assume them new again.
 struct Cache<A> {
     capacity: usize,
     inner: Mutex<CacheInner<A>>,
 }
 
+/// Evicted aggregates remembered at most; beyond, the memory is cleared (an aggregate then
+/// assumed new again conflicts once more, and is remembered again).
+const DOUBTED: usize = 10_000;
+
 struct CacheInner<A> {
+    /// Aggregates evicted because a unit of work that changed them did not commit, and not
+    /// cached since.
+    doubted: HashSet<String>,
     /// State, version, and the generation of the entry (when it was inserted).
     entries: HashMap<String, (A, u64, u64)>,
     /// Insertion order, for eviction: (id, generation). An item whose generation is no longer
@@ -298,6 +360,7 @@ impl<A: Clone> Cache<A> {
         Self {
             capacity,
             inner: Mutex::new(CacheInner {
+                doubted: HashSet::new(),
                 entries: HashMap::new(),
                 order: VecDeque::new(),
                 next_generation: 0,
@@ -320,14 +383,21 @@ impl<A: Clone> Cache<A> {
             .map(|(state, version, _)| (state.clone(), *version))
     }
 
+    /// Whether `id` was evicted and not cached since.
+    fn doubted(&self, id: &str) -> bool {
+        self.lock().doubted.contains(id)
+    }
+
     /// Stores `state` unless the cache already holds a newer version; evicts the oldest
     /// entries beyond the capacity.
     fn put(&self, id: &str, state: A, version: u64) {
+        let mut inner = self.lock();
+        inner.doubted.remove(id);
         if self.capacity == 0 {
             return;
         }
-        let mut inner = self.lock();
         let CacheInner {
+            doubted: _,
             entries,
             order,
             next_generation,
@@ -364,6 +434,11 @@ impl<A: Clone> Cache<A> {
     }
 
     fn evict(&self, id: &str) {
-        self.lock().entries.remove(id);
+        let mut inner = self.lock();
+        inner.entries.remove(id);
+        if inner.doubted.len() >= DOUBTED {
+            inner.doubted.clear();
+        }
+        inner.doubted.insert(id.to_owned());
     }
 }

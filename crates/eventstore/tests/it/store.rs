@@ -503,3 +503,90 @@ async fn a_commit_that_wrote_events_wakes_the_waiter_or_is_remembered_for_it() {
 }
 
 const PATIENCE_SHORT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `execute_new` does not read the store for an aggregate it does not hold: a new aggregate
+/// costs no read, and one that exists after all is found by the conflict at commit. The next
+/// attempt reads it, and the command then applies to what was stored.
+#[tokio::test]
+async fn a_command_expecting_a_new_aggregate_finds_an_existing_one_by_the_conflict() {
+    let db = TestDatabase::create().await.unwrap();
+    let store = store(&db).await;
+    let earlier = Repository::<Account>::new(store.clone(), ());
+    earlier
+        .handle("a", AccountCommand::Deposit(5), &meta())
+        .await
+        .unwrap();
+    let accounts = Repository::<Account>::new(store.clone(), ());
+
+    // Decided on the empty account it assumed: sequence 1, which the store already holds.
+    let mut uow = UnitOfWork::new(&store);
+    accounts
+        .execute_new(&mut uow, "a", AccountCommand::Deposit(3), &meta())
+        .await
+        .unwrap();
+    let err = uow.commit().await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict), "{err:?}");
+    assert_eq!(
+        count(&store, "events").await,
+        1,
+        "the conflict wrote nothing"
+    );
+
+    let mut uow = UnitOfWork::new(&store);
+    accounts
+        .execute_new(&mut uow, "a", AccountCommand::Deposit(3), &meta())
+        .await
+        .unwrap();
+    uow.commit().await.unwrap();
+    assert_eq!(history(&store, "a").await.len(), 2);
+    assert_eq!(accounts.load("a").await.unwrap().0.balance, 8);
+
+    // A new account: nothing to collide with.
+    let mut uow = UnitOfWork::new(&store);
+    accounts
+        .execute_new(&mut uow, "b", AccountCommand::Deposit(4), &meta())
+        .await
+        .unwrap();
+    uow.commit().await.unwrap();
+    assert_eq!(
+        accounts.load("b").await.unwrap(),
+        (Account { balance: 4 }, 1)
+    );
+}
+
+/// A command that the empty aggregate would refuse is checked against the store at once, as
+/// any refusal is: `execute_new` refuses only what the stored aggregate refuses.
+#[tokio::test]
+async fn a_command_expecting_a_new_aggregate_is_refused_only_on_the_stored_one() {
+    let db = TestDatabase::create().await.unwrap();
+    let store = store(&db).await;
+    Repository::<Account>::new(store.clone(), ())
+        .handle("a", AccountCommand::Deposit(5), &meta())
+        .await
+        .unwrap();
+    let accounts = Repository::<Account>::new(store.clone(), ());
+
+    let mut uow = UnitOfWork::new(&store);
+    accounts
+        .execute_new(&mut uow, "a", AccountCommand::Withdraw(5), &meta())
+        .await
+        .unwrap();
+    uow.commit().await.unwrap();
+    assert_eq!(accounts.load("a").await.unwrap().0.balance, 0);
+
+    let mut uow = UnitOfWork::new(&store);
+    let err = accounts
+        .execute_new(&mut uow, "c", AccountCommand::Withdraw(1), &meta())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CommandError::Rejected(AccountError::InsufficientFunds {
+                balance: 0,
+                amount: 1
+            })
+        ),
+        "{err:?}"
+    );
+}
