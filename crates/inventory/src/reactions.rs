@@ -124,7 +124,7 @@ impl Reactions {
                 expires_at,
             };
             self.allocations
-                .execute(uow, &id, record, metadata)
+                .execute_new(uow, &id, record, metadata)
                 .await
                 .map_err(HandlerError::from)?;
         } else {
@@ -134,7 +134,7 @@ impl Reactions {
                 shortages,
             };
             self.allocations
-                .execute(uow, &id, record, metadata)
+                .execute_new(uow, &id, record, metadata)
                 .await
                 .map_err(HandlerError::from)?;
         }

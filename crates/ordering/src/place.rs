@@ -55,9 +55,10 @@ impl PlaceError {
 
 /// Places an order: reads the current prices of the requested SKUs from the replica, then runs
 /// `Place` with them and schedules the payment deadline, `payment_timeout` from now, in the
-/// same commit (retrying on a concurrency conflict: for a new order, the retry finds it placed
-/// and is refused `AlreadyPlaced`). A SKU the replica does not know is refused (`UnknownSku`)
-/// and nothing is appended.
+/// same commit. The order is not read from the store first ([`Repository::execute_new`]): an
+/// order placed before is found by the conflict at commit, and the retry reads it and is
+/// refused `AlreadyPlaced`. A SKU the replica does not know is refused (`UnknownSku`) and
+/// nothing is appended.
 ///
 /// The order is priced as the replica stands when it is read: a reprice that arrives between
 /// the read and the commit applies to the next order.
@@ -95,7 +96,7 @@ pub async fn place_order(
     for _ in 0..MAX_ATTEMPTS {
         let mut uow = UnitOfWork::new(orders.store());
         let events = orders
-            .execute(&mut uow, &id, command.clone(), metadata)
+            .execute_new(&mut uow, &id, command.clone(), metadata)
             .await?;
         if !events.is_empty() {
             // Microseconds, as PostgreSQL keeps the deadline: the two must compare equal.

@@ -99,7 +99,12 @@ impl Reactions {
             amount: placed.total,
             payment_token: placed.payment_token,
         };
-        self.execute(uow, placed.order_id, command, metadata).await
+        // The payment begins here: no read of the store for it (see `execute_new`).
+        self.payments
+            .execute_new(uow, &placed.order_id.to_string(), command, metadata)
+            .await
+            .map(drop)
+            .map_err(failure)
     }
 
     async fn capture(

@@ -70,7 +70,7 @@ impl Reactions {
             address: confirmed.shipping_address,
         };
         self.shipments
-            .execute(uow, &order_id.to_string(), command, metadata)
+            .execute_new(uow, &order_id.to_string(), command, metadata)
             .await
             .map_err(HandlerError::from)?;
         Ok(())
