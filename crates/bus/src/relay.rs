@@ -316,9 +316,14 @@ impl Relay {
         }
     }
 
-    /// Publishes outbox batches until a read finds the outbox empty, or shutdown is asked for;
-    /// whether it published anything. `removed` counts the rows deleted since the outbox was
-    /// last vacuumed.
+    /// Publishes outbox batches until a read finds fewer rows than a batch (the outbox held no
+    /// more when it was read), or shutdown is asked for; whether it published anything.
+    /// `removed` counts the rows deleted since the outbox was last vacuumed.
+    ///
+    /// A short batch ends the round without reading the outbox again: rows committed since
+    /// the read wake the relay (a commit in this process at once, through
+    /// [`Store::committed`]; another's by its NOTIFY or by the busy poll of [`Self::lead`]),
+    /// and under light load the read that would find nothing was one statement in three.
     async fn drain(
         &self,
         conn: &mut PgConnection,
@@ -355,6 +360,8 @@ impl Relay {
                     () = shutdown.cancelled() => return Ok(busy),
                     () = tokio::time::sleep(self.config.retry_delay) => {}
                 }
+            } else if (batch.len() as i64) < self.config.batch_size {
+                return Ok(busy);
             }
         }
         Ok(busy)
