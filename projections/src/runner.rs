@@ -771,21 +771,44 @@ impl Runner {
 
     /// Begins a transaction on the projection's schema, holding its apply lock.
     async fn begin(&self) -> sqlx::Result<Transaction<'static, Postgres>> {
+        Ok(self.begin_holding(None).await?.0)
+    }
+
+    /// Begins a transaction on the projection's schema, holding its apply lock; with a live
+    /// writer's `lock`, tells in the same statement whether this session still holds it (true
+    /// without one). The check reads the lock table once the apply lock is granted: it runs on
+    /// the row that takes it. Once another instance holds the writer lock, no batch of this
+    /// one commits.
+    async fn begin_holding(
+        &self,
+        lock: Option<WriterLock>,
+    ) -> sqlx::Result<(Transaction<'static, Postgres>, bool)> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "SELECT pg_advisory_xact_lock($1), set_config('search_path', $2, true), \
-                 set_config('synchronous_commit', 'off', true), \
-                 set_config('application_name', $3, true)",
+        let held: bool = sqlx::query_scalar(
+            "WITH applying AS MATERIALIZED ( \
+                 SELECT pg_advisory_xact_lock($1)::text AS taken, \
+                        set_config('search_path', $2, true), \
+                        set_config('synchronous_commit', 'off', true), \
+                        set_config('application_name', $3, true)) \
+             SELECT $4::int4 IS NULL OR EXISTS (SELECT 1 FROM pg_locks \
+                 WHERE locktype = 'advisory' AND granted AND pid = $4 \
+                   AND classid::bigint = $5 AND objid::bigint = $6 AND objsubid = 1 \
+                   AND applying.taken IS NOT NULL) \
+             FROM applying",
         )
         .bind(lock_key("apply", &self.schema))
         .bind(&self.schema)
         .bind(format!("projection {}", self.schema))
-        .execute(&mut *tx)
+        .bind(lock.map(|l| l.pid))
+        .bind(lock.map(|l| (l.key >> 32) & 0xffff_ffff))
+        .bind(lock.map(|l| l.key & 0xffff_ffff))
+        .fetch_one(&mut *tx)
         .await?;
-        Ok(tx)
+        Ok((tx, held))
     }
 
-    /// One transaction: checkpoints (compare-and-set), new events, `applied`, notification.
+    /// One transaction: checkpoints (compare-and-set, with a live writer's notification), new
+    /// events, `applied`.
     #[allow(
         clippy::vec_box,
         reason = "the reader boxed each event; unboxing would copy every one again"
@@ -796,23 +819,9 @@ impl Runner {
         to: &Positions,
         events: Vec<Box<SourceEvent>>,
     ) -> Result<u64, SessionError> {
-        let mut tx = self.begin().await?;
-        if let Some(lock) = self.writer_lock {
-            // Under the apply lock: once another instance holds the writer lock, no batch of
-            // this one commits.
-            let held: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted \
-                     AND pid = $1 AND classid::bigint = $2 AND objid::bigint = $3 \
-                     AND objsubid = 1)",
-            )
-            .bind(lock.pid)
-            .bind((lock.key >> 32) & 0xffff_ffff)
-            .bind(lock.key & 0xffff_ffff)
-            .fetch_one(&mut *tx)
-            .await?;
-            if !held {
-                return Err(SessionError::Deposed(self.projection));
-            }
+        let (mut tx, held) = self.begin_holding(self.writer_lock).await?;
+        if !held {
+            return Err(SessionError::Deposed(self.projection));
         }
         let mut streams = Vec::new();
         let mut old = Vec::new();
@@ -825,17 +834,30 @@ impl Runner {
                 new.push(to_i64(sequence));
             }
         }
-        let moved = sqlx::query(
-            "UPDATE checkpoints AS c SET sequence = u.new \
-             FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(stream, old, new) \
-             WHERE c.stream = u.stream AND c.sequence = u.old",
-        )
+        // A live writer's notification goes with it: NOTIFY is sent at commit, so it is only
+        // ever heard once the batch is visible.
+        let update = sqlx::query_scalar(if self.live {
+            "WITH moved AS (UPDATE checkpoints AS c SET sequence = u.new \
+                 FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(stream, old, new) \
+                 WHERE c.stream = u.stream AND c.sequence = u.old RETURNING 1), \
+             notified AS MATERIALIZED (SELECT pg_notify($4, $5)) \
+             SELECT (SELECT count(*) FROM moved) FROM notified"
+        } else {
+            "WITH moved AS (UPDATE checkpoints AS c SET sequence = u.new \
+                 FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(stream, old, new) \
+                 WHERE c.stream = u.stream AND c.sequence = u.old RETURNING 1) \
+             SELECT count(*) FROM moved"
+        })
         .bind(&streams)
         .bind(&old)
-        .bind(&new)
-        .execute(&mut *tx)
-        .await?;
-        if moved.rows_affected() != streams.len() as u64 {
+        .bind(&new);
+        let update = if self.live {
+            update.bind(NOTIFY_CHANNEL).bind(self.projection.name())
+        } else {
+            update
+        };
+        let moved: i64 = update.fetch_one(&mut *tx).await?;
+        if moved != streams.len() as i64 {
             tx.rollback().await.ok();
             return Err(SessionError::Moved(streams.join(", ")));
         }
@@ -917,13 +939,6 @@ impl Runner {
             if !types.is_empty() {
                 upsert_applied(&mut tx, &types, &ids, &sequences, &positions).await?;
             }
-        }
-        if self.live {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(NOTIFY_CHANNEL)
-                .bind(self.projection.name())
-                .execute(&mut *tx)
-                .await?;
         }
         tx.commit().await?;
         if let Some(bulk) = &mut bulk {
