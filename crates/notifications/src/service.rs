@@ -22,9 +22,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
+use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
-use async_nats::jetstream::{self, Message};
+use async_nats::jetstream::{self, ErrorCode, Message};
 use futures::StreamExt;
 use tracing::Instrument as _;
 
@@ -164,6 +165,32 @@ enum Predecessor {
     Unhandleable(String),
 }
 
+/// Opens the `ORDERING` stream, waiting for the ordering context to create it.
+async fn ordering_stream(js: &jetstream::Context) -> anyhow::Result<Stream> {
+    let mut delay = Duration::from_millis(250);
+    let mut attempts = 1;
+    loop {
+        match js.get_stream(STREAM).await {
+            Ok(stream) => return Ok(stream),
+            Err(e)
+                if matches!(e.kind(), GetStreamErrorKind::JetStream(e)
+                    if e.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                tracing::warn!(
+                    stream = STREAM,
+                    attempts,
+                    "waiting for stream {STREAM} (the ordering context creates it when it \
+                     starts): {attempts} tries, the next in {delay:?}"
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+                attempts += 1;
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot open stream {STREAM}")),
+        }
+    }
+}
+
 /// The notifications service: its consumer, its bucket and its sink.
 #[derive(Debug)]
 pub struct Service<S> {
@@ -179,16 +206,16 @@ pub struct Service<S> {
 impl<S: Sink> Service<S> {
     /// Opens the bucket and provisions the durable consumer (created, or updated to this
     /// configuration: running it again changes nothing). The `ORDERING` stream belongs to the
-    /// ordering context and must exist.
+    /// ordering context, which creates it when it starts: until it exists, this waits for it,
+    /// asking again after 250 ms, then twice as long each time up to 5 s, with a warning each
+    /// time. Any other failure to open it is an error at once.
     pub async fn start(
         client: async_nats::Client,
         sink: S,
         options: Options,
     ) -> anyhow::Result<Self> {
         let js = jetstream::new(client);
-        let stream = js.get_stream(STREAM).await.with_context(|| {
-            format!("cannot open stream {STREAM}: the ordering context provisions it at its start")
-        })?;
+        let stream = ordering_stream(&js).await?;
         let state = State::open(&js).await?;
         let consumer = stream
             .create_consumer(pull::Config {

@@ -385,3 +385,33 @@ async fn an_unknown_schema_version_is_neither_acked_nor_dropped() {
     );
     assert!(world.dead_letters().await.is_empty());
 }
+
+/// Started before the ordering context has created its stream (services started in any
+/// order), the service waits for the stream instead of failing, then provisions its consumer
+/// and notifies as usual.
+#[tokio::test]
+async fn the_service_waits_for_the_ordering_stream_to_be_created() {
+    let server = crate::server::NatsServer::start().await;
+    let client = notifications::connect(server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let mut starting = tokio::spawn(notifications::Service::start(
+        client,
+        notifications::LogSink::default(),
+        quick(),
+    ));
+    // Still waiting, not failed, while the stream is missing.
+    let early = tokio::time::timeout(Duration::from_millis(600), &mut starting).await;
+    assert!(early.is_err(), "start ended without the stream: {early:?}");
+
+    crate::publish::provision_streams(&js).await;
+    let service = starting.await.unwrap().unwrap();
+    let consumer = js
+        .get_stream("ORDERING")
+        .await
+        .unwrap()
+        .consumer_info(notifications::contract::CONSUMER)
+        .await
+        .unwrap();
+    assert_eq!(consumer.num_pending, 0);
+    drop(service);
+}
