@@ -285,9 +285,15 @@ impl PrivateCluster {
     /// waits for it.
     pub async fn stop(mut self) {
         let command = self.stop_command();
+        let postmaster = self.postmaster();
         self.running = false;
         match tokio::process::Command::from(command).output().await {
             Ok(output) if output.status.success() => {
+                if let Some(pid) = postmaster {
+                    tokio::task::spawn_blocking(move || wait_for_exit(pid))
+                        .await
+                        .ok();
+                }
                 tracing::info!("private PostgreSQL cluster stopped");
             }
             Ok(output) => tracing::warn!(
@@ -296,6 +302,17 @@ impl PrivateCluster {
             ),
             Err(e) => tracing::warn!(error = %e, "cannot run pg_ctl stop"),
         }
+    }
+
+    /// The postmaster's pid, from the first line of its `postmaster.pid`.
+    fn postmaster(&self) -> Option<u32> {
+        std::fs::read_to_string(self.data().join("postmaster.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     fn data(&self) -> PathBuf {
@@ -418,10 +435,36 @@ impl Drop for PrivateCluster {
     fn drop(&mut self) {
         if self.running {
             self.running = false;
-            if let Err(e) = self.stop_command().output() {
-                tracing::warn!(error = %e, "cannot stop the private PostgreSQL cluster");
+            let postmaster = self.postmaster();
+            match self.stop_command().output() {
+                Ok(output) if output.status.success() => {
+                    if let Some(pid) = postmaster {
+                        wait_for_exit(pid);
+                    }
+                }
+                Ok(_) => tracing::warn!("cannot stop the private PostgreSQL cluster"),
+                Err(e) => tracing::warn!(error = %e, "cannot stop the private PostgreSQL cluster"),
             }
         }
+    }
+}
+
+/// Waits (up to ten seconds) until process `pid` has exited. `pg_ctl stop -w` returns once the
+/// postmaster has removed its pid file, which it does on its way out, a moment before it
+/// exits: the launcher must not end with the server still going. A zombie has exited. Where
+/// there is no `/proc`, it does not wait.
+fn wait_for_exit(pid: u32) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let exited = || match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                == Some("Z")
+        }
+        Err(_) => true,
+    };
+    while !exited() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
 
