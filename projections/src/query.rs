@@ -37,7 +37,7 @@ use events::values::{Currency, CustomerId, Money, OrderId, Sku};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::PgPool;
-use sqlx::postgres::{PgListener, PgPoolOptions};
+use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -97,7 +97,7 @@ impl Advances {
 
     async fn listen_once(&self, pool: &PgPool, shutdown: &CancellationToken) -> anyhow::Result<()> {
         // A pool of its own: a listener keeps its connection for as long as it listens.
-        let listening = PgPoolOptions::new()
+        let listening = eventstore::pool_options()
             .max_connections(1)
             .connect_with(pool.connect_options().as_ref().clone())
             .await?;

@@ -61,7 +61,6 @@ use chrono::{DateTime, Utc};
 use events::naming::dead_letter_subject;
 use events::{BoundedContext, headers};
 use futures::{Stream, StreamExt};
-use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -437,12 +436,11 @@ impl Runner {
         // every projection's writer runs (checkpoints, `applied`) resolve their tables by the
         // schema's search path, and a session that last ran one of them under another schema
         // plans it again. Two: one for the analyzer. The queries keep PostgreSQL's default.
-        let pool =
-            PgPoolOptions::new()
-                .max_connections(2)
-                .connect_lazy_with(eventstore::generic_plans(
-                    (*self.pool.connect_options()).clone(),
-                ));
+        let pool = eventstore::pool_options()
+            .max_connections(2)
+            .connect_lazy_with(eventstore::generic_plans(
+                (*self.pool.connect_options()).clone(),
+            ));
         let writer = Self {
             pool,
             writer_lock: Some(WriterLock { key, pid }),

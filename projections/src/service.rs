@@ -30,7 +30,6 @@ use futures::StreamExt;
 use host::health::{CheckKind, CheckState, HealthReport, Tasks};
 use host::http::Observed as _;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -129,7 +128,7 @@ pub struct Service {
 /// returned service (`service.run(stop)`).
 pub async fn start(settings: &Settings) -> anyhow::Result<Service> {
     // The listener, the queries and the rebuilds: each live writer connects on its own.
-    let pool = PgPoolOptions::new()
+    let pool = eventstore::pool_options()
         .max_connections(settings.database_connections.max(4))
         .connect(&settings.database_url)
         .await

@@ -281,7 +281,7 @@ impl Relay {
         // A pool of its own: a listener holds its connection for as long as it listens, which
         // would otherwise take one from the store's pool (and its group commit).
         let options = self.store.pool().connect_options();
-        let listening = sqlx::postgres::PgPoolOptions::new()
+        let listening = eventstore::pool_options()
             .max_connections(1)
             .connect_with(options.as_ref().clone())
             .await?;

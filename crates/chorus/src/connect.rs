@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow, bail};
 use events::BoundedContext;
 use eventstore::Store;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 
 use crate::exit::UsageError;
 
@@ -108,7 +108,7 @@ impl StoreArgs {
             options.get_port(),
             options.get_database().unwrap_or("")
         );
-        let pool = PgPoolOptions::new()
+        let pool = eventstore::pool_options()
             .max_connections(connections)
             .acquire_timeout(CONNECT_TIMEOUT)
             .connect_with(options)

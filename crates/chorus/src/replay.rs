@@ -15,7 +15,7 @@ use indicatif::ProgressBar;
 use projections::Projection;
 use projections::rebuild::{self, Difference, Interrupted, Phase, Progress, StartAt};
 use sqlx::PgPool;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use tokio_util::sync::CancellationToken;
 
 use crate::connect::NatsArgs;
@@ -60,7 +60,7 @@ impl DatabaseArgs {
             options.get_database().unwrap_or("")
         );
         // A rebuild applies its last events on one connection while the swap holds another.
-        PgPoolOptions::new()
+        eventstore::pool_options()
             .max_connections(4)
             .acquire_timeout(CONNECT_TIMEOUT)
             .connect_with(options)

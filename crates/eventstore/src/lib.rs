@@ -19,12 +19,14 @@
 
 mod commit;
 mod deadline;
+mod pool;
 mod repository;
 mod statistics;
 mod store;
 mod unit_of_work;
 
 pub use deadline::{Deadline, DeadlineHandler, Tick, Ticker};
+pub use pool::{CHECK_IDLE_AFTER, pool_options};
 pub use repository::{CommandError, Committed, MAX_EVENT_BYTES, Repository};
 pub use statistics::{ANALYZE_AFTER, Analyzer, analyze_grown, generic_plans};
 pub use store::{OUTBOX_CHANNEL, Store, StoreError, StoredEvent};

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use events::{DecodeError, Envelope, Event, Metadata};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
@@ -165,7 +165,7 @@ impl Store {
     /// generically ([`crate::generic_plans`]); does not migrate.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
         let options: PgConnectOptions = url.parse()?;
-        let pool = PgPoolOptions::new()
+        let pool = crate::pool_options()
             .max_connections(max_connections)
             .connect_with(crate::generic_plans(options))
             .await?;

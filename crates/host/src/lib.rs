@@ -41,7 +41,7 @@ use events::command::{CommandReply, command_subject};
 use events::{BoundedContext, Metadata, headers};
 use eventstore::{DeadlineHandler, Store, Ticker};
 use futures::StreamExt;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -185,7 +185,7 @@ impl Host {
         // Every session of this instance carries its name: the health check tells this
         // instance's relay from another's by it.
         let options = eventstore::generic_plans(options.application_name(&instance));
-        let pool = PgPoolOptions::new()
+        let pool = eventstore::pool_options()
             .max_connections(settings.database_connections)
             .connect_with(options)
             .await
