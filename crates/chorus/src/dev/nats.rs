@@ -70,6 +70,12 @@ impl PrivateNats {
             .stdout(log.try_clone().context("cannot share the log file")?)
             .stderr(log)
             .process_group(0);
+        // One thread running Go code: on a machine it shares with PostgreSQL and the services,
+        // nats-server hands each message between fewer threads (docs/performance.md, eighth
+        // round). A GOMAXPROCS of the caller's own is kept.
+        if std::env::var_os("GOMAXPROCS").is_none() {
+            command.env("GOMAXPROCS", "1");
+        }
         let child = command
             .spawn()
             .with_context(|| format!("cannot start {}", bin.display()))?;
