@@ -4,5 +4,6 @@
 #![allow(clippy::unwrap_used)]
 
 mod deadlines;
+mod pool;
 mod statistics;
 mod store;
