@@ -1,8 +1,9 @@
 //! Chorus's command path against cqrs-es 0.5 with postgres-es, side by side in one run:
 //! `cargo run --release --manifest-path bench/peer/Cargo.toml -- [--quick]`.
 //!
-//! The same aggregate (inventory's `StockItem`), the same commands and the same concurrency
-//! (16 writers, each on aggregates of its own) go through
+//! The same aggregate (inventory's `StockItem`), the same commands, the same concurrency
+//! (16 or 64 writers, each on aggregates of its own) and the same pool size (16 connections)
+//! go through
 //! 1. cqrs-es's `CqrsFramework` with postgres-es's event repository, as `postgres_cqrs`
 //!    builds it (no snapshots, no queries: the defaults a user gets), and
 //! 2. Chorus's `eventstore::Repository` (aggregate cache, outbox rows in the same statement,
@@ -30,8 +31,8 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
-/// Concurrent writers on each side, each running one command at a time.
-const WRITERS: usize = 16;
+/// Connections in each side's pool: one per writer when there are 16 writers.
+const CONNECTIONS: u32 = 16;
 
 /// The events table postgres-es 0.5 reads and writes (its default name, `events`). Snapshots
 /// are not used, so their table is not created.
@@ -47,19 +48,21 @@ CREATE TABLE events (
     PRIMARY KEY (aggregate_type, aggregate_id, sequence)
 )";
 
-/// How many commands run on how many aggregates.
+/// How many commands run on how many aggregates, by how many concurrent writers (each one
+/// command at a time, on `aggregates / writers` aggregates of its own).
 #[derive(Debug, Clone, Copy)]
 struct Case {
     name: &'static str,
     aggregates: usize,
     commands: usize,
+    writers: usize,
 }
 
 impl Case {
     /// The `i`th command of writer `w`. A writer goes round its own SKUs; each SKU in turn
     /// receives a unit, reserves it for an order, and commits it when the order ships.
     fn command(&self, w: usize, i: usize) -> anyhow::Result<(String, StockCommand)> {
-        let per_writer = self.aggregates / WRITERS;
+        let per_writer = self.aggregates / self.writers;
         let aggregate = w * per_writer + i % per_writer;
         let round = i / per_writer;
         let sku: Sku = format!("SKU-{aggregate}").parse()?;
@@ -101,7 +104,7 @@ impl Engine {
     /// Runs writer `w`'s commands of `case` and returns each command's latency: until its
     /// commit, which on the batched side is the commit of its unit.
     async fn write(&self, case: Case, w: usize) -> anyhow::Result<Vec<Duration>> {
-        let count = case.commands / WRITERS;
+        let count = case.commands / case.writers;
         let mut latencies = Vec::with_capacity(count);
         let metadata = Metadata::default();
         let unit = match self {
@@ -166,14 +169,23 @@ async fn main() -> anyhow::Result<()> {
     let scale = if quick { 10 } else { 1 };
     let cases = [
         Case {
-            name: "1,600 aggregates",
+            name: "1,600 aggregates, 16 writers",
             aggregates: 1_600,
             commands: 160_000 / scale,
+            writers: 16,
+        },
+        // As many requests as a context's command endpoint serves at once (`Host::serve`).
+        Case {
+            name: "1,600 aggregates, 64 writers",
+            aggregates: 1_600,
+            commands: 160_000 / scale,
+            writers: 64,
         },
         Case {
-            name: "16 aggregates, long histories",
+            name: "16 aggregates, long histories, 16 writers",
             aggregates: 16,
             commands: 16_000 / scale,
+            writers: 16,
         },
     ];
 
@@ -217,8 +229,8 @@ async fn header() -> anyhow::Result<String> {
         "Chorus eventstore::Repository against cqrs-es 0.5 CqrsFramework + postgres-es 0.5 \
          (sqlx 0.8), no snapshots.\n\
          PostgreSQL {version} (synchronous_commit = {synchronous_commit}), a fresh database per \
-         measurement; {WRITERS} concurrent writers, one command at a time each, on aggregates of \
-         their own.\n\
+         measurement; 16 or 64 concurrent writers (as the case says), one command at a time \
+         each, on aggregates of their own; a pool of {CONNECTIONS} connections on each side.\n\
          Aggregate: inventory's StockItem (one per SKU). Command mix, each SKU in turn: \
          Receive 1 unit (a delivery), Reserve it for an order (OrderPlaced), Commit it \
          (ShipmentDispatched): what the saga asks of inventory for one order line, one event \
@@ -244,7 +256,7 @@ fn load_average() -> String {
 async fn peer() -> anyhow::Result<(Engine, TestDatabase)> {
     let db = TestDatabase::create().await?;
     let pool = PgPoolOptions::new()
-        .max_connections(WRITERS as u32)
+        .max_connections(CONNECTIONS)
         .connect(&db.url())
         .await
         .with_context(|| format!("cannot open a pool to {}", db.name()))?;
@@ -256,7 +268,7 @@ async fn peer() -> anyhow::Result<(Engine, TestDatabase)> {
 /// per command, or per [`UNIT`] commands.
 async fn chorus(units: bool) -> anyhow::Result<(Engine, TestDatabase)> {
     let db = TestDatabase::create().await?;
-    let store = Store::from_pool(db.pool(WRITERS as u32).await?);
+    let store = Store::from_pool(db.pool(CONNECTIONS).await?);
     store.migrate().await?;
     let repository = Repository::new(store, ());
     let engine = if units {
@@ -276,7 +288,7 @@ async fn measure(case: Case, (engine, db): (Engine, TestDatabase)) -> anyhow::Re
         .await?;
     let cpu_before = cpu(&observer).await?;
     let started = Instant::now();
-    let writers: Vec<_> = (0..WRITERS)
+    let writers: Vec<_> = (0..case.writers)
         .map(|w| {
             let engine = Arc::clone(&engine);
             tokio::spawn(async move { engine.write(case, w).await })
