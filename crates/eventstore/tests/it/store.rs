@@ -504,6 +504,70 @@ async fn a_commit_that_wrote_events_wakes_the_waiter_or_is_remembered_for_it() {
 
 const PATIENCE_SHORT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// The payload of the next notification `listener` receives.
+async fn next_notification(listener: &mut sqlx::postgres::PgListener) -> String {
+    tokio::time::timeout(PATIENCE_SHORT, listener.recv())
+        .await
+        .expect("a notification")
+        .unwrap()
+        .payload()
+        .to_owned()
+}
+
+/// Relays of other processes LISTEN: a commit into an empty outbox notifies them (a relay may
+/// be idle), one that finds older rows waiting does not (a relay is at work on them).
+#[tokio::test]
+async fn a_commit_notifies_listeners_only_when_the_outbox_held_no_row() {
+    let db = TestDatabase::create().await.unwrap();
+    let store = store(&db).await;
+    let accounts = Repository::<Account>::new(store.clone(), ());
+    let mut listener = sqlx::postgres::PgListener::connect(&db.url())
+        .await
+        .unwrap();
+    listener.listen(eventstore::OUTBOX_CHANNEL).await.unwrap();
+
+    accounts
+        .handle("a1", AccountCommand::Deposit(5), &meta())
+        .await
+        .unwrap();
+    assert_eq!(
+        next_notification(&mut listener).await,
+        "",
+        "the outbox was empty"
+    );
+
+    accounts
+        .handle("a2", AccountCommand::Deposit(1), &meta())
+        .await
+        .unwrap();
+    // Notifications arrive in commit order: a marker sent after the commit comes first only
+    // if the commit sent none.
+    sqlx::query("SELECT pg_notify($1, 'after the quiet commit')")
+        .bind(eventstore::OUTBOX_CHANNEL)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        next_notification(&mut listener).await,
+        "after the quiet commit",
+        "a commit behind a waiting row notifies nobody"
+    );
+
+    sqlx::query("DELETE FROM outbox")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    accounts
+        .handle("a3", AccountCommand::Deposit(1), &meta())
+        .await
+        .unwrap();
+    assert_eq!(
+        next_notification(&mut listener).await,
+        "",
+        "the outbox was empty again"
+    );
+}
+
 /// `execute_new` does not read the store for an aggregate it does not hold: a new aggregate
 /// costs no read, and one that exists after all is found by the conflict at commit. The next
 /// attempt reads it, and the command then applies to what was stored.
