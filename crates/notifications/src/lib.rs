@@ -20,11 +20,12 @@
 //!   wins and fixes the content), after it the record becomes `sent`. Crash windows:
 //!   - before the intent, or between the intent and the sink: nothing reached the customer;
 //!     the redelivery sends it;
-//!   - after the sink took it and before `sent` is recorded: the redelivery delivers the same
-//!     notification again, and the sink drops it by key (the file sink knows the keys in its
-//!     file when it reopens). This is the one window where exactly-once rests on the sink: a
-//!     sink that forgets keys (the log sink after a restart) may repeat a message here, and
-//!     only here;
+//!   - after the sink took it and before `sent` is recorded: the redelivery finds the intent
+//!     and delivers the same notification again as a resumed delivery
+//!     ([`sink::Attempt::Resumed`]), which the sink drops by key (the file sink looks for the
+//!     key in its file). This is the one window where exactly-once rests on the sink: a sink
+//!     that forgets keys (the log sink after a restart, or beyond the keys it remembers) may
+//!     repeat a message here, and only here;
 //!   - after `sent` or after the event record, before the ack: the redelivery sees the record
 //!     and sends nothing, whatever sink it has.
 //! - **Order within an order**: a confirmation whose `OrderPlaced` is not handled yet, and a
@@ -53,4 +54,4 @@ pub use config::{Config, SinkConfig};
 pub use notification::{Kind, Notification};
 pub use observe::Observer;
 pub use service::{Options, Service, connect};
-pub use sink::{FileSink, LogSink, Sink};
+pub use sink::{Attempt, FileSink, LogSink, Sink};

@@ -35,7 +35,7 @@ use crate::contract::{
 };
 use crate::notification::{self, Kind, Notification, OrderFacts};
 use crate::observe::{Observer, Outcome};
-use crate::sink::Sink;
+use crate::sink::{Attempt, Sink};
 use crate::state::{Delivery, Handled, State};
 
 /// The oldest nats-server this service runs on: the contract's servers are "2.12 or newer",
@@ -432,17 +432,20 @@ impl<S: Sink> Service<S> {
             return Err(self.order_unknown(envelope, delivered).await);
         };
         let key = notification::key(kind, order);
-        let (record, revision) = match self.state.notification(&key).await? {
+        let (record, revision, attempt) = match self.state.notification(&key).await? {
             Some((record, revision)) => {
                 if record.delivery == Delivery::Sending {
                     tracing::info!(key, "resuming an interrupted delivery");
                 }
-                (record, revision)
+                (record, revision, Attempt::Resumed)
             }
             None => {
                 let composed =
                     Notification::compose(kind, order, &facts, envelope.event_id.as_str());
-                self.state.begin(&composed).await?
+                match self.state.begin(&composed).await? {
+                    (record, revision, true) => (record, revision, Attempt::First),
+                    (record, revision, false) => (record, revision, Attempt::Resumed),
+                }
             }
         };
         if record.delivery == Delivery::Sent {
@@ -451,7 +454,7 @@ impl<S: Sink> Service<S> {
         }
         let span = tracing::info_span!("notification", kind = %kind, key, order_id = %order);
         self.sink
-            .deliver(&record.notification)
+            .deliver(&record.notification, attempt)
             .instrument(span)
             .await
             .with_context(|| format!("the sink did not take {key}"))?;

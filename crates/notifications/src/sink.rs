@@ -1,19 +1,24 @@
 //! The port through which notifications leave the service, and its two adapters.
 //!
 //! The port's promise is idempotency by [`Notification::key`]: delivering a notification whose
-//! key the sink has already taken must not reach the customer a second time. The service
-//! leans on that promise for the one crash window its key-value records cannot close (after a
-//! sink took a notification, before the service recorded it as sent); see the crate docs.
+//! key the sink has already taken must not reach the customer a second time. Only a
+//! [`Attempt::Resumed`] delivery can meet a key the sink took before: the service records its
+//! intent to send a notification (an atomic create) before it calls the sink, so a delivery
+//! whose intent it has just created is the first of its key anywhere ([`Attempt::First`]).
+//! A resumed one follows a crash, or a failure to record the notification as sent, after the
+//! sink took it; see the crate docs. A sink therefore looks a key up only when asked to resume,
+//! and keeps no key in memory for it (ADR 0015).
 //!
 //! - [`FileSink`] appends one JSON line per notification and keeps the promise across
-//!   restarts: it loads the keys already in the file when it opens. One process per file.
-//! - [`LogSink`] writes each notification to the log (`tracing`). It remembers nothing across
-//!   restarts, so in that window it may log a notification twice.
+//!   restarts: a resumed delivery looks for its key in the file.
+//! - [`LogSink`] writes each notification to the log (`tracing`). It remembers the keys of the
+//!   last [`LOG_SINK_REMEMBERS`] notifications it wrote, in memory: a resumed delivery of an
+//!   older one, or any after a restart, is logged again.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::future::Future;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -21,13 +26,26 @@ use anyhow::{Context as _, anyhow};
 
 use crate::notification::Notification;
 
+/// Whether the sink may have taken this notification before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// The service has just recorded its intent to send the notification: no delivery of its
+    /// key has reached a sink before.
+    First,
+    /// The service resumes a delivery whose intent was recorded earlier and not marked sent:
+    /// the sink may have taken it already, and must not pass it on again.
+    Resumed,
+}
+
 /// Where notifications go. Delivery must be idempotent by the notification's key.
 pub trait Sink: Send + Sync + 'static {
-    /// Hands `notification` to the customer-facing channel. `Ok` means it was taken (now or by
-    /// an earlier delivery with the same key); an error means it may be retried.
+    /// Hands `notification` to the customer-facing channel. `Ok` means it was taken (now, or,
+    /// for a [`Attempt::Resumed`] delivery, by an earlier one with the same key); an error
+    /// means it may be retried.
     fn deliver(
         &self,
         notification: &Notification,
+        attempt: Attempt,
     ) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
 
@@ -35,60 +53,55 @@ pub trait Sink: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct FileSink {
     path: PathBuf,
-    inner: Arc<Mutex<FileInner>>,
-}
-
-#[derive(Debug)]
-struct FileInner {
-    file: File,
-    keys: HashSet<String>,
+    file: Arc<Mutex<File>>,
 }
 
 impl FileSink {
-    /// Opens (or creates) the file and loads the keys it holds. A last line cut short by a
-    /// crash mid-write is removed: that notification was never fully taken and will be
-    /// delivered again. Any other line that is not a notification makes the open fail.
+    /// Opens (or creates) the file and checks that every line is a notification. A last line
+    /// cut short by a crash mid-write is removed: that notification was never fully taken and
+    /// will be delivered again. Any other line that is not a notification makes the open fail.
+    /// The file is read a line at a time: its size does not weigh on memory.
     pub fn open(path: impl AsRef<Path>) -> anyhow::Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
             .open(&path)
             .with_context(|| format!("cannot open {}", path.display()))?;
-        let mut contents = Vec::new();
-        file.read_to_end(&mut contents)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let complete = contents
-            .iter()
-            .rposition(|b| *b == b'\n')
-            .map_or(0, |i| i + 1);
-        if complete < contents.len() {
+        let mut complete = 0u64;
+        let mut cut_short = false;
+        let mut reader = BufReader::new(&file);
+        let mut line = Vec::new();
+        for n in 1.. {
+            line.clear();
+            let read = reader
+                .read_until(b'\n', &mut line)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            if read == 0 {
+                break;
+            }
+            if line.last() != Some(&b'\n') {
+                cut_short = true;
+                break;
+            }
+            complete += read as u64;
+            if !line.iter().all(u8::is_ascii_whitespace) && line_key(&line).is_none() {
+                return Err(anyhow!(
+                    "{}:{n}: not a notification (a JSON object with a \"key\")",
+                    path.display()
+                ));
+            }
+        }
+        if cut_short {
             tracing::warn!(path = %path.display(), "removing a notification cut short at the end of the file");
-            file.set_len(complete as u64)
+            file.set_len(complete)
                 .and_then(|()| file.sync_data())
                 .with_context(|| format!("cannot truncate {}", path.display()))?;
         }
-        let mut keys = HashSet::new();
-        for (n, line) in contents[..complete].split(|b| *b == b'\n').enumerate() {
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            let key = serde_json::from_slice::<serde_json::Value>(line)
-                .ok()
-                .and_then(|v| v.get("key").and_then(|k| k.as_str()).map(str::to_owned))
-                .ok_or_else(|| {
-                    anyhow!(
-                        "{}:{}: not a notification (a JSON object with a \"key\")",
-                        path.display(),
-                        n + 1
-                    )
-                })?;
-            keys.insert(key);
-        }
         Ok(Self {
             path,
-            inner: Arc::new(Mutex::new(FileInner { file, keys })),
+            file: Arc::new(Mutex::new(file)),
         })
     }
 
@@ -96,35 +109,66 @@ impl FileSink {
         &self.path
     }
 
-    fn append(inner: &Mutex<FileInner>, notification: &Notification) -> anyhow::Result<bool> {
-        let mut inner = inner
+    /// Whether a line of the file holds `key`. Read from the start, a line at a time: only a
+    /// resumed delivery asks.
+    fn holds(path: &Path, key: &str) -> anyhow::Result<bool> {
+        let mut reader = BufReader::new(File::open(path)?);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            if reader.read_until(b'\n', &mut line)? == 0 {
+                return Ok(false);
+            }
+            if line_key(&line).as_deref() == Some(key) {
+                return Ok(true);
+            }
+        }
+    }
+
+    fn append(
+        file: &Mutex<File>,
+        path: &Path,
+        notification: &Notification,
+        attempt: Attempt,
+    ) -> anyhow::Result<bool> {
+        // Held across the look-up too, so that no other append comes in between.
+        let mut file = file
             .lock()
             .map_err(|_| anyhow!("the file sink was poisoned by an earlier failure"))?;
-        if inner.keys.contains(&notification.key) {
+        if attempt == Attempt::Resumed && Self::holds(path, &notification.key)? {
             return Ok(false);
         }
         let mut line = serde_json::to_vec(notification)?;
         line.push(b'\n');
-        let file = &mut inner.file;
         let before = file.seek(SeekFrom::End(0))?;
         if let Err(e) = file.write_all(&line).and_then(|()| file.sync_data()) {
             // Leave no half line behind for the next append to run into.
             file.set_len(before).ok();
             return Err(e.into());
         }
-        inner.keys.insert(notification.key.clone());
         Ok(true)
     }
 }
 
+/// The `key` of a line that is a notification.
+fn line_key(line: &[u8]) -> Option<String> {
+    serde_json::from_slice::<serde_json::Value>(line)
+        .ok()?
+        .get("key")?
+        .as_str()
+        .map(str::to_owned)
+}
+
 impl Sink for FileSink {
-    async fn deliver(&self, notification: &Notification) -> anyhow::Result<()> {
-        let inner = Arc::clone(&self.inner);
+    async fn deliver(&self, notification: &Notification, attempt: Attempt) -> anyhow::Result<()> {
+        let file = Arc::clone(&self.file);
+        let path = self.path.clone();
         let owned = notification.clone();
-        let appended = tokio::task::spawn_blocking(move || Self::append(&inner, &owned))
-            .await
-            .context("the file sink's writer failed")?
-            .with_context(|| format!("cannot append to {}", self.path.display()))?;
+        let appended =
+            tokio::task::spawn_blocking(move || Self::append(&file, &path, &owned, attempt))
+                .await
+                .context("the file sink's writer failed")?
+                .with_context(|| format!("cannot append to {}", self.path.display()))?;
         if appended {
             tracing::info!(key = %notification.key, path = %self.path.display(), "notification written");
         } else {
@@ -134,19 +178,46 @@ impl Sink for FileSink {
     }
 }
 
-/// Writes notifications to the log. Idempotent within one process only.
+/// How many keys the [`LogSink`] remembers, the most recent ones.
+pub const LOG_SINK_REMEMBERS: usize = 10_000;
+
+/// Writes notifications to the log. Idempotent within one process, for the keys of its last
+/// [`LOG_SINK_REMEMBERS`] notifications.
 #[derive(Debug, Default)]
 pub struct LogSink {
-    keys: Mutex<HashSet<String>>,
+    recent: Mutex<Recent>,
+}
+
+/// Keys in the order they were taken, and the same keys as a set.
+#[derive(Debug, Default)]
+struct Recent {
+    order: VecDeque<String>,
+    keys: HashSet<String>,
+}
+
+impl Recent {
+    /// Remembers `key`; false if it was remembered already.
+    fn insert(&mut self, key: &str) -> bool {
+        if !self.keys.insert(key.to_owned()) {
+            return false;
+        }
+        self.order.push_back(key.to_owned());
+        if self.order.len() > LOG_SINK_REMEMBERS
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.keys.remove(&oldest);
+        }
+        true
+    }
 }
 
 impl Sink for LogSink {
-    async fn deliver(&self, notification: &Notification) -> anyhow::Result<()> {
+    async fn deliver(&self, notification: &Notification, _attempt: Attempt) -> anyhow::Result<()> {
         let first = self
-            .keys
+            .recent
             .lock()
             .map_err(|_| anyhow!("the log sink was poisoned"))?
-            .insert(notification.key.clone());
+            .insert(&notification.key);
         if first {
             tracing::info!(
                 key = %notification.key,
@@ -169,10 +240,38 @@ pub enum ConfiguredSink {
 }
 
 impl Sink for ConfiguredSink {
-    async fn deliver(&self, notification: &Notification) -> anyhow::Result<()> {
+    async fn deliver(&self, notification: &Notification, attempt: Attempt) -> anyhow::Result<()> {
         match self {
-            ConfiguredSink::File(sink) => sink.deliver(notification).await,
-            ConfiguredSink::Log(sink) => sink.deliver(notification).await,
+            ConfiguredSink::File(sink) => sink.deliver(notification, attempt).await,
+            ConfiguredSink::Log(sink) => sink.deliver(notification, attempt).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_sink_remembers_its_latest_keys_only() {
+        let mut recent = Recent::default();
+        assert!(recent.insert("k0"));
+        assert!(
+            !recent.insert("k0"),
+            "a key it remembers is not taken again"
+        );
+        for n in 1..=LOG_SINK_REMEMBERS {
+            assert!(recent.insert(&format!("k{n}")));
+        }
+        assert_eq!(recent.keys.len(), LOG_SINK_REMEMBERS);
+        assert_eq!(recent.order.len(), LOG_SINK_REMEMBERS);
+        assert!(
+            !recent.insert(&format!("k{LOG_SINK_REMEMBERS}")),
+            "the latest key is remembered"
+        );
+        assert!(
+            recent.insert("k0"),
+            "the oldest key is forgotten beyond the bound"
+        );
     }
 }

@@ -119,11 +119,12 @@ impl State {
     }
 
     /// Records the intent to deliver `notification`, unless a record exists: then that record
-    /// (and its content) stands. Returns the record in force and its revision.
+    /// (and its content) stands. Returns the record in force, its revision, and whether this
+    /// call created it.
     pub async fn begin(
         &self,
         notification: &Notification,
-    ) -> anyhow::Result<(NotificationRecord, u64)> {
+    ) -> anyhow::Result<(NotificationRecord, u64, bool)> {
         let key = notification_key(&notification.key);
         let record = NotificationRecord {
             delivery: Delivery::Sending,
@@ -134,10 +135,11 @@ impl State {
             .create(&key, serde_json::to_vec(&record)?.into())
             .await
         {
-            Ok(revision) => Ok((record, revision)),
+            Ok(revision) => Ok((record, revision, true)),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => self
                 .read(&key)
                 .await?
+                .map(|(record, revision)| (record, revision, false))
                 .with_context(|| format!("{key} exists and cannot be read")),
             Err(e) => Err(e).with_context(|| format!("cannot write {key}")),
         }

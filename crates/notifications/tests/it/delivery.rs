@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::bail;
-use notifications::{FileSink, Kind, Notification, Options, Sink};
+use notifications::{Attempt, FileSink, Kind, Notification, Options, Sink};
 use serde_json::json;
 use tokio::sync::oneshot;
 
@@ -57,9 +57,9 @@ impl<S: Sink> Faulty<S> {
 }
 
 impl<S: Sink> Sink for Faulty<S> {
-    async fn deliver(&self, notification: &Notification) -> anyhow::Result<()> {
+    async fn deliver(&self, notification: &Notification, attempt: Attempt) -> anyhow::Result<()> {
         if notification.key != self.key {
-            return self.inner.deliver(notification).await;
+            return self.inner.deliver(notification, attempt).await;
         }
         match self.fault {
             Fault::DieBeforeSink => {
@@ -67,7 +67,7 @@ impl<S: Sink> Sink for Faulty<S> {
                 std::future::pending().await
             }
             Fault::DieAfterSink => {
-                self.inner.deliver(notification).await?;
+                self.inner.deliver(notification, attempt).await?;
                 self.signal();
                 std::future::pending().await
             }
@@ -76,7 +76,7 @@ impl<S: Sink> Sink for Faulty<S> {
                     self.signal();
                     bail!("the sink is down");
                 }
-                self.inner.deliver(notification).await
+                self.inner.deliver(notification, attempt).await
             }
         }
     }

@@ -1,11 +1,11 @@
-//! The file sink keeps its idempotency across reopening, and survives a
-//! line cut short by a crash.
+//! The file sink drops a resumed delivery whose key is in its file, also after reopening,
+//! and survives a line cut short by a crash.
 
 use std::io::Write;
 
 use notifications::contract::{Money, OrderId};
 use notifications::notification::OrderFacts;
-use notifications::{FileSink, Kind, Notification, Sink};
+use notifications::{Attempt, FileSink, Kind, Notification, Sink};
 
 use crate::support::keys_in;
 
@@ -23,25 +23,33 @@ fn notification(kind: Kind, n: u64) -> Notification {
 }
 
 #[tokio::test]
-async fn the_file_sink_writes_each_key_once_also_after_reopening() {
+async fn a_resumed_delivery_is_written_only_when_its_key_is_not_in_the_file_also_after_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("out.jsonl");
     let sink = FileSink::open(&path).unwrap();
     let confirmed = notification(Kind::OrderConfirmed, 1);
     let shipped = notification(Kind::OrderShipped, 1);
-    sink.deliver(&confirmed).await.unwrap();
-    sink.deliver(&confirmed).await.unwrap();
-    sink.deliver(&shipped).await.unwrap();
+    sink.deliver(&confirmed, Attempt::First).await.unwrap();
+    sink.deliver(&confirmed, Attempt::Resumed).await.unwrap();
+    sink.deliver(&shipped, Attempt::First).await.unwrap();
     drop(sink);
 
     let reopened = FileSink::open(&path).unwrap();
-    reopened.deliver(&confirmed).await.unwrap();
     reopened
-        .deliver(&notification(Kind::OrderConfirmed, 2))
+        .deliver(&confirmed, Attempt::Resumed)
+        .await
+        .unwrap();
+    reopened
+        .deliver(&notification(Kind::OrderConfirmed, 2), Attempt::First)
+        .await
+        .unwrap();
+    // Resumed, but the sink never took it (the service stopped between its intent and the sink).
+    reopened
+        .deliver(&notification(Kind::OrderConfirmed, 3), Attempt::Resumed)
         .await
         .unwrap();
     let keys = keys_in(&path);
-    assert_eq!(keys.len(), 3, "{keys:?}");
+    assert_eq!(keys.len(), 4, "{keys:?}");
     assert!(keys.values().all(|n| *n == 1), "{keys:?}");
     let text = std::fs::read_to_string(&path).unwrap();
     let first: Notification = serde_json::from_str(text.lines().next().unwrap()).unwrap();
@@ -56,7 +64,7 @@ async fn a_line_cut_short_by_a_crash_is_written_again_whole() {
     let cut = notification(Kind::OrderShipped, 1);
     {
         let sink = FileSink::open(&path).unwrap();
-        sink.deliver(&kept).await.unwrap();
+        sink.deliver(&kept, Attempt::First).await.unwrap();
     }
     let whole = serde_json::to_string(&cut).unwrap();
     std::fs::OpenOptions::new()
@@ -67,8 +75,8 @@ async fn a_line_cut_short_by_a_crash_is_written_again_whole() {
         .unwrap();
 
     let sink = FileSink::open(&path).unwrap();
-    sink.deliver(&cut).await.unwrap();
-    sink.deliver(&kept).await.unwrap();
+    sink.deliver(&cut, Attempt::Resumed).await.unwrap();
+    sink.deliver(&kept, Attempt::Resumed).await.unwrap();
     let keys = keys_in(&path);
     assert_eq!(keys.get(&kept.key), Some(&1));
     assert_eq!(keys.get(&cut.key), Some(&1));
