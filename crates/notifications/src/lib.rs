@@ -36,8 +36,10 @@
 //!   `deadletter.notifications-from-ordering` with its reason before it is terminated; a
 //!   schema version this build does not know is logged and left for retry, never acked.
 //!
-//! Messages are handled one at a time, in delivery order: a notification costs a few key-value
-//! round trips and a sink call, which is far more than these events' rate.
+//! Messages are handled [`service::Options::concurrency`] orders at a time, an order's own
+//! messages one at a time in delivery order ([`service`]): a message costs a few key-value
+//! round trips and a notification a sink call, so one message at a time fell behind the
+//! events of 200 orders a second.
 //!
 //! Its health (`chorus.notifications.health`, and `GET /readyz` with `NOTIFICATIONS_HTTP_ADDR`)
 //! and its Prometheus metrics (`GET /metrics`) are in [`observe`].

@@ -1,7 +1,9 @@
 //! The durable consumer and what it does with each message.
 //!
-//! Messages are handled one at a time, in the order the consumer delivers them; each ends in
-//! exactly one decision:
+//! Messages are handled [`Options::concurrency`] orders at a time: each message goes to the lane
+//! of its order (by the order id in its subject), and a lane handles its messages one at a
+//! time, in the order the consumer delivered them, so an order's events are handled in their
+//! order while other orders' go on beside them. Each message ends in exactly one decision:
 //!
 //! | outcome | decision |
 //! |---|---|
@@ -18,6 +20,8 @@
 //! letters.
 
 use std::future::Future;
+use std::hash::{DefaultHasher, Hash as _, Hasher as _};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
@@ -27,6 +31,8 @@ use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
 use async_nats::jetstream::{self, ErrorCode, Message};
 use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tracing::Instrument as _;
 
 use crate::contract::{
@@ -49,8 +55,10 @@ pub struct Options {
     pub ack_wait: Duration,
     /// At most this many messages delivered and not yet acked. Default 1,000.
     pub max_ack_pending: i64,
-    /// Messages pulled per request. Default 20.
+    /// Messages pulled per request. Default 100.
     pub batch: usize,
+    /// Orders whose messages are handled at once (lanes), at least 1. Default 32.
+    pub concurrency: usize,
     /// Delay of the first redelivery after a nak; it doubles up to `max_retry_delay`.
     /// Default 1 s.
     pub retry_delay: Duration,
@@ -69,7 +77,8 @@ impl Default for Options {
         Self {
             ack_wait: Duration::from_secs(30),
             max_ack_pending: 1_000,
-            batch: 20,
+            batch: 100,
+            concurrency: 32,
             retry_delay: Duration::from_secs(1),
             max_retry_delay: Duration::from_secs(60),
             unknown_version_delay: Duration::from_secs(300),
@@ -259,8 +268,9 @@ impl<S: Sink> Service<S> {
         &self.state
     }
 
-    /// Handles messages until `shutdown` resolves; the message in hand is finished and acked
-    /// first. Fails if the consumer's message stream ends (the consumer was deleted).
+    /// Handles messages until `shutdown` resolves; the messages already handed to the lanes
+    /// are finished and acked first. Fails if the consumer's message stream ends (the consumer
+    /// was deleted).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let mut messages = self
             .consumer
@@ -271,15 +281,33 @@ impl<S: Sink> Service<S> {
             .messages()
             .await
             .with_context(|| format!("cannot pull from consumer {CONSUMER}"))?;
+        let service = Arc::new(self);
+        let mut lanes = JoinSet::new();
+        let queues: Vec<mpsc::Sender<Message>> = (0..service.options.concurrency.max(1))
+            .map(|_| {
+                let (queue, mut queued) = mpsc::channel::<Message>(LANE_QUEUE);
+                let service = Arc::clone(&service);
+                lanes.spawn(async move {
+                    while let Some(message) = queued.recv().await {
+                        service.process(&message).await;
+                    }
+                });
+                queue
+            })
+            .collect();
         tokio::pin!(shutdown);
-        tracing::info!(consumer = CONSUMER, "notifications service started");
-        self.observer.set_running(true);
-        loop {
+        tracing::info!(
+            consumer = CONSUMER,
+            lanes = queues.len(),
+            "notifications service started"
+        );
+        service.observer.set_running(true);
+        let ended = loop {
             let message = tokio::select! {
                 biased;
                 () = &mut shutdown => {
-                    self.observer.set_stopping();
-                    break;
+                    service.observer.set_stopping();
+                    break Ok(());
                 }
                 message = messages.next() => match message {
                     Some(Ok(message)) => message,
@@ -287,16 +315,22 @@ impl<S: Sink> Service<S> {
                         tracing::warn!(consumer = CONSUMER, error = %e, "pull failed");
                         continue;
                     }
-                    None => {
-                        self.observer.set_running(false);
-                        bail!("the message stream of consumer {CONSUMER} ended")
-                    }
+                    None => break Err(anyhow!("the message stream of consumer {CONSUMER} ended")),
                 },
             };
-            self.process(&message).await;
+            let lane = lane_of(&message.subject, queues.len());
+            if queues[lane].send(message).await.is_err() {
+                break Err(anyhow!("lane {lane} of consumer {CONSUMER} stopped"));
+            }
+        };
+        // The lanes finish what they were handed, then end with their queues.
+        drop(queues);
+        while let Some(joined) = lanes.join_next().await {
+            joined.context("a lane of the notifications service failed")?;
         }
-        self.observer.set_running(false);
-        self.js.client().flush().await.ok();
+        service.observer.set_running(false);
+        ended?;
+        service.js.client().flush().await.ok();
         tracing::info!(consumer = CONSUMER, "notifications service stopped");
         Ok(())
     }
@@ -635,6 +669,19 @@ impl<S: Sink> Service<S> {
     }
 }
 
+/// Messages a lane holds beyond the one it is handling.
+const LANE_QUEUE: usize = 4;
+
+/// The lane of a message: by its order id, the third token of `ordering.order.<order id>.<type>`
+/// (the whole subject when it has none; such a message is dead-lettered anyway).
+fn lane_of(subject: &str, lanes: usize) -> usize {
+    let order = subject.split('.').nth(2).unwrap_or(subject);
+    let mut hasher = DefaultHasher::new();
+    order.hash(&mut hasher);
+    // The remainder is below `lanes`, a usize.
+    usize::try_from(hasher.finish() % lanes as u64).unwrap_or(0)
+}
+
 /// Reads the payload of a message whose envelope says it is a `P`, and checks that it is about
 /// the envelope's order.
 fn payload<P: Payload>(envelope: &Envelope, bytes: &[u8]) -> Result<P, Failure> {
@@ -679,6 +726,23 @@ mod tests {
             .map(|n| options.retry_after(n).as_secs())
             .collect();
         assert_eq!(delays, [1, 2, 4, 32, 60, 60, 1, 1]);
+    }
+
+    #[test]
+    fn an_orders_messages_share_a_lane_and_orders_spread_over_all_lanes() {
+        let order = "0190f5c2-7d3e-7c1a-9a57-000000000001";
+        let lane = lane_of(&format!("ordering.order.{order}.OrderPlaced"), 32);
+        for event_type in ["OrderConfirmed", "OrderShipped"] {
+            assert_eq!(
+                lane_of(&format!("ordering.order.{order}.{event_type}"), 32),
+                lane
+            );
+        }
+        let used: std::collections::BTreeSet<usize> = (0..1_000)
+            .map(|n| lane_of(&format!("ordering.order.{n:036}.OrderPlaced"), 32))
+            .collect();
+        assert_eq!(used.len(), 32, "some lane is never used");
+        assert_eq!(lane_of("not-a-subject", 1), 0);
     }
 
     #[test]

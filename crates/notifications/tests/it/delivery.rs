@@ -9,11 +9,11 @@ use std::time::Duration;
 use anyhow::bail;
 use notifications::{Attempt, FileSink, Kind, Notification, Options, Sink};
 use serde_json::json;
-use tokio::sync::oneshot;
+use tokio::sync::{Semaphore, oneshot};
 
 use crate::publish::{Order, publish, publish_as};
 use crate::server::wait_until;
-use crate::support::{World, expected, keys_in, notifications_in, quick};
+use crate::support::{World, confirmed_and_shipped, expected, keys_in, notifications_in, quick};
 
 /// What goes wrong at one notification.
 #[derive(Debug, Clone, Copy)]
@@ -79,6 +79,25 @@ impl<S: Sink> Sink for Faulty<S> {
                 self.inner.deliver(notification, attempt).await
             }
         }
+    }
+}
+
+/// A sink that holds the notification `key` back until `inner` has taken another one.
+struct HoldsBack<S> {
+    inner: S,
+    key: String,
+    others: Semaphore,
+}
+
+impl<S: Sink> Sink for HoldsBack<S> {
+    async fn deliver(&self, notification: &Notification, attempt: Attempt) -> anyhow::Result<()> {
+        if notification.key == self.key {
+            self.others.acquire().await?.forget();
+            return self.inner.deliver(notification, attempt).await;
+        }
+        self.inner.deliver(notification, attempt).await?;
+        self.others.add_permits(1);
+        Ok(())
     }
 }
 
@@ -217,12 +236,67 @@ async fn crash_at(fault: Fault) {
     let running = world.start(FileSink::open(&path).unwrap(), options).await;
     world.wait_drained().await;
     running.stop().await;
-    let mut all = Vec::new();
+    assert_eq!(keys_in(&path), confirmed_and_shipped(&orders));
+}
+
+#[tokio::test]
+async fn a_slow_delivery_does_not_hold_up_other_orders() {
+    let world = World::new().await;
+    let path = world.path("notifications.jsonl");
+    let orders: Vec<Order> = (1..=5).map(Order::new).collect();
     for order in &orders {
-        all.push(("order-confirmed", order));
-        all.push(("order-shipped", order));
+        publish(&world.js, &order.placed()).await;
+        publish(&world.js, &order.confirmed()).await;
     }
+    // The first order's confirmation comes first on the stream and is held until another
+    // order's has been taken: handled one message at a time, nothing would ever be taken.
+    let slow = key(Kind::OrderConfirmed, &orders[0]);
+    let sink = HoldsBack {
+        inner: FileSink::open(&path).unwrap(),
+        key: slow.clone(),
+        others: Semaphore::new(0),
+    };
+    let running = world.start(sink, quick()).await;
+    world.wait_drained().await;
+    running.stop().await;
+    let all: Vec<_> = orders.iter().map(|o| ("order-confirmed", o)).collect();
     assert_eq!(keys_in(&path), expected(&all));
+    assert_ne!(notifications_in(&path)[0].key, slow);
+}
+
+#[tokio::test]
+async fn many_orders_at_once_are_each_told_once_and_in_their_order() {
+    let world = World::new().await;
+    let path = world.path("notifications.jsonl");
+    let orders: Vec<Order> = (1..=64).map(Order::new).collect();
+    // Each order's events in its order, the orders' interleaved.
+    for order in &orders {
+        publish(&world.js, &order.placed()).await;
+    }
+    for order in &orders {
+        publish(&world.js, &order.confirmed()).await;
+        publish(&world.js, &order.shipped()).await;
+    }
+    let running = world.start(FileSink::open(&path).unwrap(), quick()).await;
+    world.wait_drained().await;
+    running.stop().await;
+
+    assert_eq!(keys_in(&path), confirmed_and_shipped(&orders));
+    let lines: Vec<String> = notifications_in(&path).into_iter().map(|n| n.key).collect();
+    for order in &orders {
+        let at = |kind| lines.iter().position(|k| *k == key(kind, order)).unwrap();
+        assert!(
+            at(Kind::OrderConfirmed) < at(Kind::OrderShipped),
+            "order {} was shipped before it was confirmed",
+            order.n
+        );
+    }
+    assert_eq!(
+        world.consumer().await.num_redelivered,
+        0,
+        "an event was handled before an earlier one of its order and had to wait"
+    );
+    assert!(world.dead_letters().await.is_empty());
 }
 
 #[tokio::test]
@@ -248,15 +322,7 @@ async fn a_confirmation_before_its_order_placed_waits_for_it() {
     };
     let running = world.start(FileSink::open(&path).unwrap(), options).await;
     wait_until("the confirmation is delivered and held back", || async {
-        let info = world
-            .js
-            .get_stream("ORDERING")
-            .await
-            .unwrap()
-            .consumer_info(notifications::contract::CONSUMER)
-            .await
-            .unwrap();
-        info.num_redelivered > 0
+        world.consumer().await.num_redelivered > 0
     })
     .await;
     assert!(keys_in(&path).is_empty(), "sent without knowing whom to");

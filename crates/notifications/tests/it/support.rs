@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use async_nats::jetstream;
+use async_nats::jetstream::{self, consumer};
 use notifications::contract::{CONSUMER, STREAM};
 use notifications::{Notification, Options, Service, Sink};
 use tokio::sync::oneshot;
@@ -52,16 +52,20 @@ impl World {
         }
     }
 
-    /// The consumer has nothing left to deliver and nothing delivered unacked.
-    pub async fn drained(&self) -> bool {
-        let info = self
-            .js
+    /// The durable consumer's state on the server.
+    pub async fn consumer(&self) -> consumer::Info {
+        self.js
             .get_stream(STREAM)
             .await
             .unwrap()
             .consumer_info(CONSUMER)
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// The consumer has nothing left to deliver and nothing delivered unacked.
+    pub async fn drained(&self) -> bool {
+        let info = self.consumer().await;
         info.num_pending == 0 && info.num_ack_pending == 0
     }
 
@@ -71,15 +75,7 @@ impl World {
 
     /// Messages delivered and neither acked nor terminated.
     pub async fn ack_pending(&self) -> usize {
-        let info = self
-            .js
-            .get_stream(STREAM)
-            .await
-            .unwrap()
-            .consumer_info(CONSUMER)
-            .await
-            .unwrap();
-        info.num_ack_pending
+        self.consumer().await.num_ack_pending
     }
 
     /// The headers of every dead letter, in order.
@@ -162,6 +158,15 @@ pub fn keys_in(path: &Path) -> BTreeMap<String, usize> {
         *keys.entry(n.key).or_default() += 1;
     }
     keys
+}
+
+/// The keys of a confirmed and a shipped notification per order.
+pub fn confirmed_and_shipped(orders: &[crate::publish::Order]) -> BTreeMap<String, usize> {
+    let pairs: Vec<_> = orders
+        .iter()
+        .flat_map(|order| [("order-confirmed", order), ("order-shipped", order)])
+        .collect();
+    expected(&pairs)
 }
 
 /// The keys of one notification of each listed kind per order.
