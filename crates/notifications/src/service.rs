@@ -466,26 +466,18 @@ impl<S: Sink> Service<S> {
             return Err(self.order_unknown(envelope, delivered).await);
         };
         let key = notification::key(kind, order);
-        let (record, revision, attempt) = match self.state.notification(&key).await? {
-            Some((record, revision)) => {
-                if record.delivery == Delivery::Sending {
-                    tracing::info!(key, "resuming an interrupted delivery");
-                }
-                (record, revision, Attempt::Resumed)
-            }
-            None => {
-                let composed =
-                    Notification::compose(kind, order, &facts, envelope.event_id.as_str());
-                match self.state.begin(&composed).await? {
-                    (record, revision, true) => (record, revision, Attempt::First),
-                    (record, revision, false) => (record, revision, Attempt::Resumed),
-                }
-            }
-        };
+        let composed = Notification::compose(kind, order, &facts, envelope.event_id.as_str());
+        let (record, revision, created) = self.state.begin(&composed).await?;
         if record.delivery == Delivery::Sent {
             tracing::debug!(key, "notification sent before");
             return Ok(());
         }
+        let attempt = if created {
+            Attempt::First
+        } else {
+            tracing::info!(key, "resuming an interrupted delivery");
+            Attempt::Resumed
+        };
         let span = tracing::info_span!("notification", kind = %kind, key, order_id = %order);
         self.sink
             .deliver(&record.notification, attempt)
