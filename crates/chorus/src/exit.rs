@@ -8,6 +8,10 @@
 
 use std::future::Future;
 use std::process::ExitCode;
+use std::time::Duration;
+
+/// How long the end waits for the runtime's workers to stop.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// A mistake in the command line found after parsing: exits with 2, like clap's own.
 #[derive(Debug)]
@@ -43,8 +47,10 @@ pub fn run(default_filter: &str, command: impl Future<Output = anyhow::Result<()
         }
     };
     let outcome = runtime.block_on(command);
-    // Tasks left behind (a connection's reader) must not hold the exit back.
-    runtime.shutdown_background();
+    // Tasks left behind (a connection's reader) are dropped, and their workers stopped, before
+    // the last line is written, so that nothing they log comes after it; they must not hold
+    // the exit back, so the wait is bounded.
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
     telemetry.shutdown();
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
