@@ -325,10 +325,16 @@ impl<S: Sink> Service<S> {
         };
         // The lanes finish what they were handed, then end with their queues.
         drop(queues);
+        let mut failed = None;
         while let Some(joined) = lanes.join_next().await {
-            joined.context("a lane of the notifications service failed")?;
+            if let Err(e) = joined {
+                failed.get_or_insert(e);
+            }
         }
         service.observer.set_running(false);
+        if let Some(e) = failed {
+            return Err(e).context("a lane of the notifications service failed");
+        }
         ended?;
         service.js.client().flush().await.ok();
         tracing::info!(consumer = CONSUMER, "notifications service stopped");
