@@ -5,7 +5,7 @@
 //! (default `info`); `CHORUS_LOG_FORMAT`, `text` (the default) or `json`;
 //! `NOTIFICATIONS_HTTP_ADDR` (e.g. `127.0.0.1:8086`; unset: no listener) for `/healthz`,
 //! `/readyz` and `/metrics`. Its health is also answered on `chorus.notifications.health`.
-//! Runs until Ctrl-C or SIGTERM, finishing the message in hand.
+//! Runs until Ctrl-C or SIGTERM, finishing the messages in hand.
 
 use std::process::ExitCode;
 
