@@ -10,7 +10,8 @@
 //! and keeps no key in memory for it (ADR 0015).
 //!
 //! - [`FileSink`] appends one JSON line per notification and keeps the promise across
-//!   restarts: a resumed delivery looks for its key in the file.
+//!   restarts: a resumed delivery looks for its key in the file. Notifications handed to it at
+//!   the same time share one `fsync`.
 //! - [`LogSink`] writes each notification to the log (`tracing`). It remembers the keys of the
 //!   last [`LOG_SINK_REMEMBERS`] notifications it wrote, in memory: a resumed delivery of an
 //!   older one, or any after a restart, is logged again.
@@ -18,11 +19,12 @@
 use std::collections::{HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::future::Future;
-use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc as std_mpsc};
 
 use anyhow::{Context as _, anyhow};
+use tokio::sync::oneshot;
 
 use crate::notification::Notification;
 
@@ -50,17 +52,36 @@ pub trait Sink: Send + Sync + 'static {
 }
 
 /// Appends notifications as JSON lines to a file, one line per key.
+///
+/// One writer thread appends for every caller, and a notification is taken once its line is on
+/// the disk (`fsync`). The notifications handed to the writer while it waits for the disk go to
+/// the file together, with one write and one `fsync` (at most [`FILE_SINK_BATCH`]): with many
+/// orders handled at once, the disk is asked far fewer times than once per notification.
 #[derive(Debug, Clone)]
 pub struct FileSink {
     path: PathBuf,
-    file: Arc<Mutex<File>>,
+    appends: std_mpsc::Sender<Append>,
+}
+
+/// Notifications the file sink writes with one `fsync`, at most.
+pub const FILE_SINK_BATCH: usize = 256;
+
+/// One notification handed to the writer thread, and where its outcome goes: whether it was
+/// appended (false: a resumed delivery whose key is in the file already).
+#[derive(Debug)]
+struct Append {
+    key: String,
+    line: Vec<u8>,
+    attempt: Attempt,
+    taken: oneshot::Sender<Result<bool, Arc<io::Error>>>,
 }
 
 impl FileSink {
     /// Opens (or creates) the file and checks that every line is a notification. A last line
     /// cut short by a crash mid-write is removed: that notification was never fully taken and
     /// will be delivered again. Any other line that is not a notification makes the open fail.
-    /// The file is read a line at a time: its size does not weigh on memory.
+    /// The file is read a line at a time: its size does not weigh on memory. Starts the writer
+    /// thread, which ends when the last clone of the sink is dropped.
     pub fn open(path: impl AsRef<Path>) -> anyhow::Result<Self> {
         let path = path.as_ref().to_path_buf();
         let file = OpenOptions::new()
@@ -99,54 +120,95 @@ impl FileSink {
                 .and_then(|()| file.sync_data())
                 .with_context(|| format!("cannot truncate {}", path.display()))?;
         }
-        Ok(Self {
-            path,
-            file: Arc::new(Mutex::new(file)),
-        })
+        let (appends, received) = std_mpsc::channel();
+        let writer_path = path.clone();
+        std::thread::Builder::new()
+            .name("file-sink".to_owned())
+            .spawn(move || write_batches(file, &writer_path, &received))
+            .with_context(|| format!("cannot start the writer of {}", path.display()))?;
+        Ok(Self { path, appends })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
 
-    /// Whether a line of the file holds `key`. Read from the start, a line at a time: only a
-    /// resumed delivery asks.
-    fn holds(path: &Path, key: &str) -> anyhow::Result<bool> {
-        let mut reader = BufReader::new(File::open(path)?);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            if reader.read_until(b'\n', &mut line)? == 0 {
+/// The writer thread: takes what has been handed to it since its last write, up to
+/// [`FILE_SINK_BATCH`], writes it with one `fsync`, and tells each caller.
+fn write_batches(mut file: File, path: &Path, received: &std_mpsc::Receiver<Append>) {
+    while let Ok(first) = received.recv() {
+        let mut batch = vec![first];
+        batch.extend(received.try_iter().take(FILE_SINK_BATCH - 1));
+        let outcomes = write_batch(&mut file, path, &batch);
+        for (append, outcome) in batch.into_iter().zip(outcomes) {
+            // A caller that stopped waiting no longer needs the answer.
+            append.taken.send(outcome).ok();
+        }
+    }
+}
+
+/// Appends the batch's lines that are not in the file yet, with one write and one `fsync`,
+/// and says for each whether it was appended. A resumed delivery is looked up in the file, and
+/// a key is written at most once per batch. When the write fails the file is cut back to where
+/// it was, leaving no half line behind for the next append to run into.
+fn write_batch(
+    file: &mut File,
+    path: &Path,
+    batch: &[Append],
+) -> Vec<Result<bool, Arc<io::Error>>> {
+    let mut buffer = Vec::new();
+    let mut written = HashSet::new();
+    let mut outcomes: Vec<Result<bool, Arc<io::Error>>> = batch
+        .iter()
+        .map(|append| -> io::Result<bool> {
+            if written.contains(append.key.as_str()) {
                 return Ok(false);
             }
-            if line_key(&line).as_deref() == Some(key) {
-                return Ok(true);
+            if append.attempt == Attempt::Resumed && holds(path, &append.key)? {
+                return Ok(false);
+            }
+            buffer.extend_from_slice(&append.line);
+            written.insert(append.key.as_str());
+            Ok(true)
+        })
+        .map(|outcome| outcome.map_err(Arc::new))
+        .collect();
+    if buffer.is_empty() {
+        return outcomes;
+    }
+    let result = file.seek(SeekFrom::End(0)).and_then(|before| {
+        file.write_all(&buffer)
+            .and_then(|()| file.sync_data())
+            .inspect_err(|_| {
+                file.set_len(before).ok();
+            })
+    });
+    if let Err(e) = result {
+        // Neither the line nor its repeats in the batch were taken.
+        let e = Arc::new(e);
+        for (append, outcome) in batch.iter().zip(&mut outcomes) {
+            if written.contains(append.key.as_str()) {
+                *outcome = Err(Arc::clone(&e));
             }
         }
     }
+    outcomes
+}
 
-    fn append(
-        file: &Mutex<File>,
-        path: &Path,
-        notification: &Notification,
-        attempt: Attempt,
-    ) -> anyhow::Result<bool> {
-        // Held across the look-up too, so that no other append comes in between.
-        let mut file = file
-            .lock()
-            .map_err(|_| anyhow!("the file sink was poisoned by an earlier failure"))?;
-        if attempt == Attempt::Resumed && Self::holds(path, &notification.key)? {
+/// Whether a line of the file holds `key`. Read from the start, a line at a time: only a
+/// resumed delivery asks.
+fn holds(path: &Path, key: &str) -> io::Result<bool> {
+    let mut reader = BufReader::new(File::open(path)?);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
             return Ok(false);
         }
-        let mut line = serde_json::to_vec(notification)?;
-        line.push(b'\n');
-        let before = file.seek(SeekFrom::End(0))?;
-        if let Err(e) = file.write_all(&line).and_then(|()| file.sync_data()) {
-            // Leave no half line behind for the next append to run into.
-            file.set_len(before).ok();
-            return Err(e.into());
+        if line_key(&line).as_deref() == Some(key) {
+            return Ok(true);
         }
-        Ok(true)
     }
 }
 
@@ -161,14 +223,21 @@ fn line_key(line: &[u8]) -> Option<String> {
 
 impl Sink for FileSink {
     async fn deliver(&self, notification: &Notification, attempt: Attempt) -> anyhow::Result<()> {
-        let file = Arc::clone(&self.file);
-        let path = self.path.clone();
-        let owned = notification.clone();
-        let appended =
-            tokio::task::spawn_blocking(move || Self::append(&file, &path, &owned, attempt))
-                .await
-                .context("the file sink's writer failed")?
-                .with_context(|| format!("cannot append to {}", self.path.display()))?;
+        let mut line = serde_json::to_vec(notification)?;
+        line.push(b'\n');
+        let (taken, outcome) = oneshot::channel();
+        self.appends
+            .send(Append {
+                key: notification.key.clone(),
+                line,
+                attempt,
+                taken,
+            })
+            .map_err(|_| anyhow!("the writer of {} has stopped", self.path.display()))?;
+        let appended = outcome
+            .await
+            .map_err(|_| anyhow!("the writer of {} has stopped", self.path.display()))?
+            .with_context(|| format!("cannot append to {}", self.path.display()))?;
         if appended {
             tracing::info!(key = %notification.key, path = %self.path.display(), "notification written");
         } else {

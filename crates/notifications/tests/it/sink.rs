@@ -1,5 +1,5 @@
-//! The file sink drops a resumed delivery whose key is in its file, also after reopening,
-//! and survives a line cut short by a crash.
+//! The file sink drops a resumed delivery whose key is in its file, also after reopening and
+//! when several are handed to it at once, and survives a line cut short by a crash.
 
 use std::io::Write;
 
@@ -54,6 +54,31 @@ async fn a_resumed_delivery_is_written_only_when_its_key_is_not_in_the_file_also
     let text = std::fs::read_to_string(&path).unwrap();
     let first: Notification = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     assert_eq!(first, confirmed, "a line is the notification as JSON");
+}
+
+#[tokio::test]
+async fn notifications_handed_over_together_are_each_written_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("out.jsonl");
+    let sink = FileSink::open(&path).unwrap();
+    let resumed = notification(Kind::OrderShipped, 0);
+    let firsts = (1..=200).map(|n| (notification(Kind::OrderConfirmed, n), Attempt::First));
+    let resumes = std::iter::repeat_n((resumed.clone(), Attempt::Resumed), 20);
+    let handed: Vec<_> = firsts.chain(resumes).collect();
+    let taken = futures::future::join_all(
+        handed
+            .iter()
+            .map(|(notification, attempt)| sink.deliver(notification, *attempt)),
+    )
+    .await;
+    assert!(taken.iter().all(Result::is_ok), "{taken:?}");
+    let keys = keys_in(&path);
+    assert_eq!(keys.len(), 201, "{keys:?}");
+    assert!(
+        keys.values().all(|n| *n == 1),
+        "a key handed over several times at once is written once: {keys:?}"
+    );
+    assert_eq!(keys.get(&resumed.key), Some(&1));
 }
 
 #[tokio::test]
