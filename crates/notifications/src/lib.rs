@@ -13,8 +13,12 @@
 //! and `OrderShipped` from stream `ORDERING` ([`service`]). Deliveries are at least once, so:
 //!
 //! - **An event is handled once**: its `Chorus-Event-Id` is recorded in the bucket after its
-//!   effects and before its ack; a redelivery, or the same event published again under
-//!   another `Nats-Msg-Id`, finds it there and is acked without effect.
+//!   effects and before its ack; a redelivery finds it there and is acked without effect. A
+//!   message's first delivery is not looked up, which saves a key-value read per message: the
+//!   same event published again under another `Nats-Msg-Id` is handled again, and its effects
+//!   are idempotent by themselves (an order's facts and a notification's record are created
+//!   once; a notification recorded `sent` is not sent again). An event dead-lettered before
+//!   is so tried again when it is published again.
 //! - **A notification is sent once**: its key is `<kind>.<order id>`. Before the sink is
 //!   called the intent is created in the bucket (`sending`, an atomic create: one writer
 //!   wins and fixes the content), after it the record becomes `sent`. Crash windows:

@@ -425,20 +425,25 @@ impl<S: Sink> Service<S> {
                 version: envelope.schema_version,
             });
         }
-        if self.state.handled(&envelope.event_id).await?.is_some() {
+        // A message's first delivery does not look for its event in the bucket: only a
+        // message of an event published again can find it there, and what the event asks for
+        // is done at most once anyway (the order's facts and each notification's record are
+        // created once). A redelivery does look: it saves the work.
+        if delivered > 1 && self.state.handled(&envelope.event_id).await?.is_some() {
             tracing::debug!(event_id = %envelope.event_id, "event handled before");
             return Ok(());
         }
         match envelope.event_type {
             EventType::OrderPlaced => {
                 let placed: OrderPlaced = payload(&envelope, &message.payload)?;
-                let new = self
-                    .state
-                    .learn_order(&envelope.order_id, &OrderFacts::from(&placed))
-                    .await?;
-                if !new {
-                    tracing::warn!(order_id = %envelope.order_id, event_id = %envelope.event_id,
-                        "a second OrderPlaced for a known order; the first one's facts stay");
+                let facts = OrderFacts::from(&placed);
+                if !self.state.learn_order(&envelope.order_id, &facts).await? {
+                    if self.state.order(&envelope.order_id).await?.as_ref() == Some(&facts) {
+                        tracing::debug!(order_id = %envelope.order_id, "order known before");
+                    } else {
+                        tracing::warn!(order_id = %envelope.order_id, event_id = %envelope.event_id,
+                            "a second OrderPlaced for a known order; the first one's facts stay");
+                    }
                 }
             }
             EventType::OrderConfirmed => {

@@ -5,8 +5,8 @@
 //! - `notification.<kind>.<order id>`: a [`NotificationRecord`], created `sending` (atomically:
 //!   one creator wins) before the sink is called and updated to `sent` after.
 //! - `event.<event id>`: a [`Handled`] record, written when the event's handling is complete
-//!   and before its message is acked: the inbox that makes a redelivery, or the same event
-//!   published again, a no-op however late it comes.
+//!   and before its message is acked: the inbox that makes a redelivery a no-op however late
+//!   it comes. (A first delivery is not looked up: see the crate docs.)
 //!
 //! Every key is built from ids checked to be UUIDs, so it is always a valid key.
 

@@ -337,6 +337,33 @@ async fn a_confirmation_before_its_order_placed_waits_for_it() {
 }
 
 #[tokio::test]
+async fn a_dead_lettered_event_published_again_is_tried_again() {
+    let world = World::new().await;
+    let path = world.path("notifications.jsonl");
+    let c = Order::new(3);
+    publish(&world.js, &c.confirmed()).await;
+    let options = Options {
+        max_wait_attempts: 1,
+        ..quick()
+    };
+    let running = world.start(FileSink::open(&path).unwrap(), options).await;
+    world.wait_drained().await;
+    assert_eq!(
+        world.dead_letters().await.len(),
+        1,
+        "no OrderPlaced on the stream: no one to address"
+    );
+
+    // The order's OrderPlaced comes late; an operator publishes the confirmation again.
+    publish(&world.js, &c.placed()).await;
+    publish_as(&world.js, &c.confirmed(), "republished-1").await;
+    world.wait_drained().await;
+    running.stop().await;
+    assert_eq!(keys_in(&path), expected(&[("order-confirmed", &c)]));
+    assert_eq!(world.dead_letters().await.len(), 1);
+}
+
+#[tokio::test]
 async fn a_shipped_message_waits_for_its_confirmation_being_retried() {
     let world = World::new().await;
     let path = world.path("notifications.jsonl");
