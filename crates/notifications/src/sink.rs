@@ -66,15 +66,18 @@ pub struct FileSink {
 /// Notifications the file sink writes with one `fsync`, at most.
 pub const FILE_SINK_BATCH: usize = 256;
 
-/// One notification handed to the writer thread, and where its outcome goes: whether it was
-/// appended (false: a resumed delivery whose key is in the file already).
+/// One notification handed to the writer thread, and where its outcome goes.
 #[derive(Debug)]
 struct Append {
     key: String,
     line: Vec<u8>,
     attempt: Attempt,
-    taken: oneshot::Sender<Result<bool, Arc<io::Error>>>,
+    taken: oneshot::Sender<Taken>,
 }
+
+/// Whether a notification was appended (false: its key was in the file, or earlier in its
+/// batch, already), or why it could not be; one error is shared by the whole batch it failed.
+type Taken = Result<bool, Arc<io::Error>>;
 
 impl FileSink {
     /// Opens (or creates) the file and checks that every line is a notification. A last line
@@ -152,14 +155,10 @@ fn write_batches(mut file: File, path: &Path, received: &std_mpsc::Receiver<Appe
 /// and says for each whether it was appended. A resumed delivery is looked up in the file, and
 /// a key is written at most once per batch. When the write fails the file is cut back to where
 /// it was, leaving no half line behind for the next append to run into.
-fn write_batch(
-    file: &mut File,
-    path: &Path,
-    batch: &[Append],
-) -> Vec<Result<bool, Arc<io::Error>>> {
+fn write_batch(file: &mut File, path: &Path, batch: &[Append]) -> Vec<Taken> {
     let mut buffer = Vec::new();
     let mut written = HashSet::new();
-    let mut outcomes: Vec<Result<bool, Arc<io::Error>>> = batch
+    let mut outcomes: Vec<Taken> = batch
         .iter()
         .map(|append| -> io::Result<bool> {
             if written.contains(append.key.as_str()) {
@@ -225,6 +224,7 @@ impl Sink for FileSink {
     async fn deliver(&self, notification: &Notification, attempt: Attempt) -> anyhow::Result<()> {
         let mut line = serde_json::to_vec(notification)?;
         line.push(b'\n');
+        let stopped = || anyhow!("the writer of {} has stopped", self.path.display());
         let (taken, outcome) = oneshot::channel();
         self.appends
             .send(Append {
@@ -233,10 +233,10 @@ impl Sink for FileSink {
                 attempt,
                 taken,
             })
-            .map_err(|_| anyhow!("the writer of {} has stopped", self.path.display()))?;
+            .map_err(|_| stopped())?;
         let appended = outcome
             .await
-            .map_err(|_| anyhow!("the writer of {} has stopped", self.path.display()))?
+            .map_err(|_| stopped())?
             .with_context(|| format!("cannot append to {}", self.path.display()))?;
         if appended {
             tracing::info!(key = %notification.key, path = %self.path.display(), "notification written");
